@@ -1,0 +1,382 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/roster-dev/roster/registry"
+)
+
+// MaxBodyBytes is the largest request body the API reads.
+const MaxBodyBytes = 1 << 20
+
+// Config configures the API handler.
+type Config struct {
+	Registry *registry.Registry // required
+	Node     string             // this node's name, shown by /healthz and /readyz
+	Logger   *slog.Logger       // nil discards
+}
+
+type server struct {
+	reg  *registry.Registry
+	node string
+	log  *slog.Logger
+}
+
+// New returns the API's http.Handler.
+func New(cfg Config) http.Handler {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &server{reg: cfg.Registry, node: cfg.Node, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("POST /v1/sessions", s.authed(s.openSession))
+	mux.HandleFunc("GET /v1/sessions", s.authed(s.listSessions))
+	mux.HandleFunc("GET /v1/sessions/{id}", s.authed(s.getSession))
+	mux.HandleFunc("DELETE /v1/sessions/{id}", s.authed(s.closeSession))
+	mux.HandleFunc("POST /v1/sessions/{id}/heartbeat", s.authed(s.heartbeat))
+	mux.HandleFunc("POST /v1/sessions/{id}/kill", s.authed(s.killSession))
+	mux.HandleFunc("GET /v1/users", s.authed(s.listUsers))
+	mux.HandleFunc("PUT /v1/users/{tenant}/{user}", s.authed(s.putUser))
+	mux.HandleFunc("GET /v1/users/{tenant}/{user}", s.authed(s.getUser))
+	mux.HandleFunc("DELETE /v1/users/{tenant}/{user}", s.authed(s.deleteUser))
+	mux.HandleFunc("POST /v1/tokens", s.authed(s.createToken))
+	mux.HandleFunc("GET /v1/tokens", s.authed(s.listTokens))
+	mux.HandleFunc("DELETE /v1/tokens/{name}", s.authed(s.deleteToken))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s; see docs/api.md", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// errorTable maps each registry sentinel to one status and code. An ended
+// session's code is its end reason (killed, expired, closed).
+var errorTable = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{registry.ErrInvalidArgument, http.StatusBadRequest, "invalid_argument"},
+	{registry.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
+	{registry.ErrPermissionDenied, http.StatusForbidden, "permission_denied"},
+	{registry.ErrSessionNotFound, http.StatusNotFound, "not_found"},
+	{registry.ErrUserNotFound, http.StatusNotFound, "not_found"},
+	{registry.ErrTokenNotFound, http.StatusNotFound, "not_found"},
+	{registry.ErrAlreadyLoggedIn, http.StatusConflict, "already_logged_in"},
+	{registry.ErrTokenExists, http.StatusConflict, "already_exists"},
+	{registry.ErrSessionEnded, http.StatusGone, ""},
+	{registry.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b errorBody
+	b.Error.Code, b.Error.Message = code, msg
+	writeJSON(w, status, b)
+}
+
+// fail answers err with the status and code of its sentinel; anything else
+// is a 500, logged.
+func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	msg := strings.TrimPrefix(err.Error(), "registry: ")
+	for _, e := range errorTable {
+		if !errors.Is(err, e.err) {
+			continue
+		}
+		code := e.code
+		var ended *registry.EndedError
+		if errors.As(err, &ended) {
+			code = string(ended.Ended.Reason)
+		}
+		if e.status >= 500 {
+			s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		}
+		writeError(w, e.status, code, msg)
+		return
+	}
+	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+	writeError(w, http.StatusInternalServerError, "internal", "internal error; the node's log has the details")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// decode reads a JSON body of at most MaxBodyBytes into v, refusing
+// unknown fields and trailing data. An empty body is allowed only when
+// optional is true (v is left as is).
+func (s *server) decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusBadRequest, "body_too_large", fmt.Sprintf("request body is over %d bytes", MaxBodyBytes))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "invalid_json", "could not read the request body: "+err.Error())
+		return false
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		if optional {
+			return true
+		}
+		writeError(w, http.StatusBadRequest, "invalid_json", "request body is empty; send a JSON object")
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_json", describeJSONError(err))
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "invalid_json", "request body has data after the JSON object; send exactly one object")
+		return false
+	}
+	return true
+}
+
+func describeJSONError(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		return fmt.Sprintf("%s: must be %s, not a JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return fmt.Sprintf("request body is not valid JSON at byte %d: %v", syntaxErr.Offset, err)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") + "; see docs/api.md for the fields"
+	}
+	return "request body is not valid JSON: " + err.Error()
+}
+
+type handler func(w http.ResponseWriter, r *http.Request, p registry.Principal)
+
+// authed authenticates the bearer token before h runs.
+func (s *server) authed(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if auth != "" && !ok {
+			writeError(w, http.StatusUnauthorized, "unauthenticated", "the Authorization header must be 'Bearer <token>'")
+			return
+		}
+		p, err := s.reg.Authenticate(r.Context(), strings.TrimSpace(token))
+		if err != nil {
+			s.log.Debug("authentication failed", "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
+			s.fail(w, r, err)
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+// query reads the allowed query parameters and refuses any other.
+func query(r *http.Request, allowed ...string) (url.Values, error) {
+	q := r.URL.Query()
+	for k, v := range q {
+		ok := false
+		for _, a := range allowed {
+			ok = ok || k == a
+		}
+		if !ok {
+			return nil, &registry.FieldError{Field: k, Problem: fmt.Sprintf("is not a query parameter here; allowed: %s", strings.Join(allowed, ", "))}
+		}
+		if len(v) > 1 {
+			return nil, &registry.FieldError{Field: k, Problem: "is given more than once"}
+		}
+	}
+	return q, nil
+}
+
+func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": s.node})
+}
+
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.reg.Ready(r.Context()); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "node": s.node, "reason": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "node": s.node})
+}
+
+func (s *server) openSession(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var req registry.OpenRequest
+	if !s.decode(w, r, &req, false) {
+		return
+	}
+	opened, err := s.reg.Open(r.Context(), p, req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, opened)
+}
+
+func (s *server) listSessions(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	q, err := query(r, "tenant", "user", "module", "pool", "site", "node", "client_kind", "limit", "cursor")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f := registry.ListFilter{
+		Tenant: q.Get("tenant"), User: q.Get("user"), Module: q.Get("module"), Pool: q.Get("pool"),
+		Site: q.Get("site"), Node: q.Get("node"), ClientKind: registry.ClientKind(q.Get("client_kind")), Cursor: q.Get("cursor"),
+	}
+	if l := q.Get("limit"); l != "" {
+		if f.Limit, err = strconv.Atoi(l); err != nil || f.Limit < 1 {
+			s.fail(w, r, &registry.FieldError{Field: "limit", Problem: fmt.Sprintf("%q is not a number from 1 to %d", l, registry.MaxListLimit)})
+			return
+		}
+	}
+	page, err := s.reg.List(r.Context(), p, f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func (s *server) getSession(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	sess, err := s.reg.Get(r.Context(), p, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *server) heartbeat(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var none struct{}
+	if !s.decode(w, r, &none, true) {
+		return
+	}
+	res, err := s.reg.Heartbeat(r.Context(), p, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *server) closeSession(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	ended, err := s.reg.Logout(r.Context(), p, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ended)
+}
+
+func (s *server) killSession(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if !s.decode(w, r, &body, true) {
+		return
+	}
+	ended, err := s.reg.Kill(r.Context(), p, r.PathValue("id"), body.Reason)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ended)
+}
+
+func (s *server) putUser(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var spec registry.UserSpec
+	if !s.decode(w, r, &spec, false) {
+		return
+	}
+	u, err := s.reg.PutUser(r.Context(), p, r.PathValue("tenant"), r.PathValue("user"), spec)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, u)
+}
+
+func (s *server) getUser(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	u, err := s.reg.GetUser(r.Context(), p, r.PathValue("tenant"), r.PathValue("user"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, u)
+}
+
+func (s *server) listUsers(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	q, err := query(r, "tenant")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	users, err := s.reg.ListUsers(r.Context(), p, q.Get("tenant"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"users": users})
+}
+
+func (s *server) deleteUser(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	tenant, user := r.PathValue("tenant"), r.PathValue("user")
+	if err := s.reg.DeleteUser(r.Context(), p, tenant, user); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tenant": tenant, "user": user, "deleted": true})
+}
+
+func (s *server) createToken(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var req registry.TokenRequest
+	if !s.decode(w, r, &req, false) {
+		return
+	}
+	t, err := s.reg.CreateToken(r.Context(), p, req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, t)
+}
+
+func (s *server) listTokens(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	tokens, err := s.reg.ListTokens(r.Context(), p)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": tokens})
+}
+
+func (s *server) deleteToken(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	name := r.PathValue("name")
+	if err := s.reg.DeleteToken(r.Context(), p, name); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"name": name, "deleted": true})
+}

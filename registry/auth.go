@@ -1,0 +1,245 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const (
+	apiTokenPrefix     = "rt1."
+	sessionTokenPrefix = "rs1."
+	// AdminTokenName is the name of the admin token a new node creates.
+	AdminTokenName = "admin"
+)
+
+// Principal is who makes a request: the holder of an API token (Role and
+// Name) or of a session token (SessionID, Tenant, User).
+type Principal struct {
+	Role Role
+	Name string
+
+	SessionID, Tenant, User string
+	// ended marks a session token whose session has ended: it may still
+	// learn how (heartbeat, get, close answer 410) and nothing else.
+	ended bool
+}
+
+// AdminPrincipal is an admin API-token holder of the given name, for
+// in-process callers such as tests and tools.
+func AdminPrincipal(name string) Principal { return Principal{Role: RoleAdmin, Name: name} }
+
+func (p Principal) isSession() bool { return p.SessionID != "" }
+
+// By is how the principal is named in tombstones and logs.
+func (p Principal) By() string {
+	if p.isSession() {
+		return "user:" + p.Tenant + "/" + p.User
+	}
+	return p.Name
+}
+
+// storedToken is an API token as stored under both its hash and its name.
+type storedToken struct {
+	TokenInfo
+	Hash string `json:"hash"`
+}
+
+func hashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+func randomSecret() string {
+	var b [32]byte // 256 bits
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("registry: crypto/rand failed: " + err.Error())
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func newSessionToken(id string) string { return sessionTokenPrefix + id + "." + randomSecret() }
+
+// Authenticate finds who holds a bearer token. Unknown or malformed tokens
+// give ErrUnauthenticated; a session token of an unknown session gives
+// ErrSessionNotFound.
+func (r *Registry) Authenticate(ctx context.Context, bearer string) (Principal, error) {
+	switch {
+	case bearer == "":
+		return Principal{}, fmt.Errorf("%w: no bearer token: send 'Authorization: Bearer <token>' (the admin token is in <data-dir>/admin.token)", ErrUnauthenticated)
+	case strings.HasPrefix(bearer, apiTokenPrefix):
+		return r.authAPIToken(ctx, bearer)
+	case strings.HasPrefix(bearer, sessionTokenPrefix):
+		return r.authSessionToken(ctx, bearer)
+	}
+	return Principal{}, fmt.Errorf("%w: the bearer token is not a Roster token (API tokens start with %q, session tokens with %q)", ErrUnauthenticated, apiTokenPrefix, sessionTokenPrefix)
+}
+
+func (r *Registry) authAPIToken(ctx context.Context, tok string) (Principal, error) {
+	hash := hashToken(tok)
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, tokenHashKey(hash), clientv3.WithSerializable())
+	if err != nil {
+		return Principal{}, translate("read token", err)
+	}
+	var st storedToken
+	if len(resp.Kvs) == 1 {
+		if err := json.Unmarshal(resp.Kvs[0].Value, &st); err != nil {
+			return Principal{}, fmt.Errorf("registry: decode token: %w", err)
+		}
+	}
+	// The key lookup already matched the hash; comparing again in constant
+	// time keeps the decision itself free of timing differences.
+	if subtle.ConstantTimeCompare([]byte(st.Hash), []byte(hash)) != 1 {
+		return Principal{}, fmt.Errorf("%w: unknown or revoked API token", ErrUnauthenticated)
+	}
+	return Principal{Role: st.Role, Name: st.Name}, nil
+}
+
+func (r *Registry) authSessionToken(ctx context.Context, tok string) (Principal, error) {
+	rest := strings.TrimPrefix(tok, sessionTokenPrefix)
+	id, _, ok := strings.Cut(rest, ".")
+	if !ok || CheckSessionID(id) != nil {
+		return Principal{}, fmt.Errorf("%w: malformed session token", ErrUnauthenticated)
+	}
+	rec, tomb, err := r.lookup(ctx, id)
+	if err != nil {
+		return Principal{}, err
+	}
+	o := ownerOf(rec, tomb)
+	if subtle.ConstantTimeCompare([]byte(o.TokenHash), []byte(hashToken(tok))) != 1 {
+		return Principal{}, fmt.Errorf("%w: wrong session token for session %s", ErrUnauthenticated, id)
+	}
+	return Principal{SessionID: id, Tenant: o.Tenant, User: o.User, ended: tomb != nil}, nil
+}
+
+// CreateToken creates an API token; only admins may. The secret is in the
+// answer and nowhere else.
+func (r *Registry) CreateToken(ctx context.Context, p Principal, req TokenRequest) (NewToken, error) {
+	if err := requireRole(p, "create tokens", RoleAdmin); err != nil {
+		return NewToken{}, err
+	}
+	return r.createToken(ctx, req)
+}
+
+func (r *Registry) createToken(ctx context.Context, req TokenRequest) (NewToken, error) {
+	if err := checkName("name", req.Name); err != nil {
+		return NewToken{}, err
+	}
+	if err := CheckRole(req.Role); err != nil {
+		return NewToken{}, err
+	}
+	tok := apiTokenPrefix + randomSecret()
+	st := storedToken{TokenInfo: TokenInfo{Name: req.Name, Role: req.Role, CreatedAt: time.Now().UTC().Truncate(time.Second)}, Hash: hashToken(tok)}
+	val, _ := json.Marshal(st)
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(tokenNameKey(req.Name)), "=", 0)).
+		Then(clientv3.OpPut(tokenNameKey(req.Name), string(val)), clientv3.OpPut(tokenHashKey(st.Hash), string(val))).
+		Commit()
+	if err != nil {
+		return NewToken{}, translate("create token", err)
+	}
+	if !resp.Succeeded {
+		return NewToken{}, fmt.Errorf("%w: a token named %q exists; revoke it first or pick another name", ErrTokenExists, req.Name)
+	}
+	return NewToken{TokenInfo: st.TokenInfo, Token: tok}, nil
+}
+
+// EnsureAdminToken creates the admin token named AdminTokenName unless a
+// token of that name exists. It reports whether it created one.
+func (r *Registry) EnsureAdminToken(ctx context.Context) (NewToken, bool, error) {
+	t, err := r.createToken(ctx, TokenRequest{Name: AdminTokenName, Role: RoleAdmin})
+	if err == nil {
+		return t, true, nil
+	}
+	if errors.Is(err, ErrTokenExists) {
+		return NewToken{}, false, nil
+	}
+	return NewToken{}, false, err
+}
+
+// ListTokens lists API tokens (never their secrets); admins only.
+func (r *Registry) ListTokens(ctx context.Context, p Principal) ([]TokenInfo, error) {
+	if err := requireRole(p, "list tokens", RoleAdmin); err != nil {
+		return nil, err
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, tokenNamePrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, translate("list tokens", err)
+	}
+	out := make([]TokenInfo, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var st storedToken
+		if err := json.Unmarshal(kv.Value, &st); err != nil {
+			return nil, fmt.Errorf("registry: decode token %q: %w", kv.Key, err)
+		}
+		out = append(out, st.TokenInfo)
+	}
+	return out, nil
+}
+
+// DeleteToken revokes an API token by name; admins only.
+func (r *Registry) DeleteToken(ctx context.Context, p Principal, name string) error {
+	if err := requireRole(p, "revoke tokens", RoleAdmin); err != nil {
+		return err
+	}
+	if err := checkName("name", name); err != nil {
+		return err
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, tokenNameKey(name))
+	if err != nil {
+		return translate("read token", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return &notFoundError{ErrTokenNotFound, fmt.Sprintf("no token named %q; 'roster token list' shows the tokens", name)}
+	}
+	var st storedToken
+	if err := json.Unmarshal(resp.Kvs[0].Value, &st); err != nil {
+		return fmt.Errorf("registry: decode token: %w", err)
+	}
+	_, err = r.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.ModRevision(tokenNameKey(name)), "=", resp.Kvs[0].ModRevision)).
+		Then(clientv3.OpDelete(tokenNameKey(name)), clientv3.OpDelete(tokenHashKey(st.Hash))).
+		Commit()
+	return translate("delete token", err)
+}
+
+// requireRole lets API tokens of the given roles through.
+func requireRole(p Principal, what string, roles ...Role) error {
+	if !p.isSession() {
+		for _, role := range roles {
+			if p.Role == role {
+				return nil
+			}
+		}
+	}
+	names := make([]string, len(roles))
+	for i, role := range roles {
+		names[i] = string(role)
+	}
+	return denied("%s may not %s: it needs a token with role %s", p.describe(), what, strings.Join(names, " or "))
+}
+
+func (p Principal) describe() string {
+	if p.isSession() {
+		return fmt.Sprintf("the session token of %s (user %s/%s)", p.SessionID, p.Tenant, p.User)
+	}
+	return fmt.Sprintf("token %q (role %s)", p.Name, p.Role)
+}

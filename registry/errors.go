@@ -1,0 +1,125 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Rich cases are typed errors that match these with errors.Is.
+var (
+	// ErrInvalidArgument: a field of a request is wrong (see *FieldError).
+	ErrInvalidArgument = errors.New("registry: invalid argument")
+	// ErrUnauthenticated: no credentials, or unknown ones.
+	ErrUnauthenticated = errors.New("registry: unauthenticated")
+	// ErrPermissionDenied: the caller may not do this.
+	ErrPermissionDenied = errors.New("registry: permission denied")
+	// ErrSessionNotFound: no such session and no tombstone for it.
+	ErrSessionNotFound = errors.New("registry: session not found")
+	// ErrUserNotFound: no such user in the user master.
+	ErrUserNotFound = errors.New("registry: user not found")
+	// ErrTokenNotFound: no API token of that name.
+	ErrTokenNotFound = errors.New("registry: token not found")
+	// ErrTokenExists: an API token of that name exists already.
+	ErrTokenExists = errors.New("registry: token exists")
+	// ErrAlreadyLoggedIn: the single-login rule refused an open (see *AlreadyLoggedInError).
+	ErrAlreadyLoggedIn = errors.New("registry: already logged in")
+	// ErrSessionEnded: the session has ended (see *EndedError).
+	ErrSessionEnded = errors.New("registry: session ended")
+	// ErrUnavailable: etcd could not be reached in time.
+	ErrUnavailable = errors.New("registry: etcd unavailable")
+)
+
+// FieldError says which field of a request is wrong and why.
+type FieldError struct {
+	Field   string
+	Problem string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Problem }
+
+// Is makes a FieldError match ErrInvalidArgument.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidArgument }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)}
+}
+
+// AlreadyLoggedInError carries the facts of a refused second login.
+type AlreadyLoggedInError struct {
+	Tenant, User, Module string
+	// Host and Since describe the session that holds the module.
+	Host      string
+	Since     time.Time
+	SessionID string
+}
+
+func (e *AlreadyLoggedInError) Error() string {
+	host := e.Host
+	if host == "" {
+		host = "(unknown host)"
+	}
+	tenant := ""
+	if e.Tenant != DefaultTenant {
+		tenant = " of tenant " + e.Tenant
+	}
+	return fmt.Sprintf("user %s%s is already logged in to module %s on host %s since %s and has no multi-login right",
+		e.User, tenant, e.Module, host, e.Since.UTC().Format(time.RFC3339))
+}
+
+// Is makes an AlreadyLoggedInError match ErrAlreadyLoggedIn.
+func (e *AlreadyLoggedInError) Is(target error) bool { return target == ErrAlreadyLoggedIn }
+
+// EndedError says that, how, by whom and when a session ended.
+type EndedError struct{ Ended Ended }
+
+func (e *EndedError) Error() string {
+	d := e.Ended
+	s := fmt.Sprintf("session %s ", d.ID)
+	switch d.Reason {
+	case EndKilled:
+		s += "was killed"
+	case EndExpired:
+		s += "expired (its client stopped heartbeating)"
+	case EndClosed:
+		s += "was closed"
+	default:
+		s += "ended (" + string(d.Reason) + ")"
+	}
+	if d.By != "" && d.Reason != EndExpired {
+		s += " by " + d.By
+	}
+	if !d.At.IsZero() {
+		s += " at " + d.At.UTC().Format(time.RFC3339)
+	}
+	if d.Message != "" {
+		s += ": " + d.Message
+	}
+	return s
+}
+
+// Is makes an EndedError match ErrSessionEnded.
+func (e *EndedError) Is(target error) bool { return target == ErrSessionEnded }
+
+// deniedError is a permission refusal with a reason the caller can act on.
+type deniedError struct{ msg string }
+
+func (e *deniedError) Error() string        { return e.msg }
+func (e *deniedError) Is(target error) bool { return target == ErrPermissionDenied }
+
+func denied(format string, args ...any) error {
+	return &deniedError{msg: fmt.Sprintf(format, args...)}
+}
+
+// notFoundError is a not-found with a message naming the thing.
+type notFoundError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *notFoundError) Error() string        { return e.msg }
+func (e *notFoundError) Is(target error) bool { return target == e.sentinel }
+
+func sessionNotFound(id string) error {
+	return &notFoundError{ErrSessionNotFound, fmt.Sprintf("session %s not found: it never existed or ended long ago", id)}
+}

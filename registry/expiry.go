@@ -1,0 +1,77 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// watchExpiries writes an "expired" tombstone for every session key that
+// disappears without one, which is what happens when a lease runs out:
+// logout and kill write their tombstone in the transaction that deletes
+// the keys. It runs until ctx is cancelled and resumes a broken watch
+// from the next revision, so no expiry is missed while etcd keeps it.
+func (r *Registry) watchExpiries(ctx context.Context) {
+	var next int64
+	for ctx.Err() == nil {
+		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithFilterPut()}
+		if next > 0 {
+			opts = append(opts, clientv3.WithRev(next))
+		}
+		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), sessionsPrefix, opts...)
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				r.log.Warn("expiry watch fell behind compaction; expiries in between get no tombstone", "compact-revision", resp.CompactRevision)
+				next = 0
+				break
+			}
+			if err := resp.Err(); err != nil {
+				r.log.Warn("expiry watch broke; resuming", "error", err)
+				break
+			}
+			for _, ev := range resp.Events {
+				if ev.PrevKv != nil {
+					r.recordExpiry(ctx, ev.PrevKv.Value)
+				}
+			}
+			next = resp.Header.Revision + 1
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (r *Registry) recordExpiry(ctx context.Context, prev []byte) {
+	var rec record
+	if err := json.Unmarshal(prev, &rec); err != nil {
+		r.log.Warn("undecodable session record in expiry watch", "error", err)
+		return
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	// Logout and kill have written a tombstone already; a local read
+	// spares them a second write.
+	if resp, err := r.cli.Get(cctx, tombstoneKey(rec.ID), clientv3.WithSerializable(), clientv3.WithCountOnly()); err == nil && resp.Count > 0 {
+		return
+	}
+	tl, err := r.tombstoneLease(cctx, false)
+	if err != nil {
+		r.log.Warn("no lease for an expiry tombstone", "session-id", rec.ID, "error", err)
+		return
+	}
+	val, _ := json.Marshal(tombstone{
+		Ended:  Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: time.Now().UTC().Truncate(time.Second)},
+		Tenant: rec.Tenant, User: rec.User, OpenedBy: rec.OpenedBy, TokenHash: rec.TokenHash,
+	})
+	_, err = r.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(tombstoneKey(rec.ID)), "=", 0)).
+		Then(clientv3.OpPut(tombstoneKey(rec.ID), string(val), clientv3.WithLease(tl))).
+		Commit()
+	if err != nil {
+		r.log.Warn("write expiry tombstone failed", "session-id", rec.ID, "error", err)
+	}
+}

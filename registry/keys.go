@@ -1,0 +1,56 @@
+package registry
+
+// Every etcd key Roster writes is built in this file. The layout (all under
+// root):
+//
+//	sessions/<id>                              session record (JSON), on the session's lease
+//	tombstones/<id>                            how a session ended, on a shared short lease
+//	ix/t/<tenant>/<id>                         index by tenant, value: indexAttrs
+//	ix/u/<user>/<tenant>/<module>/<id>         index by user; also the single-login rule
+//	ix/m/<module>/<tenant>/<id>                index by module
+//	ix/p/<pool>/<id>                           index by pool
+//	users/<tenant>/<user>                      user master entry (JSON)
+//	tokens/hash/<sha256-hex>                   API token by hash (JSON)
+//	tokens/name/<name>                         API token by name (JSON)
+//
+// Names are validated (no "/", no control characters) before they reach a
+// key, so one component can never spill into the next.
+const root = "/roster/v1/"
+
+const (
+	sessionsPrefix   = root + "sessions/"
+	tombstonesPrefix = root + "tombstones/"
+	indexPrefix      = root + "ix/"
+	ixTenantPrefix   = indexPrefix + "t/"
+	ixUserPrefix     = indexPrefix + "u/"
+	ixModulePrefix   = indexPrefix + "m/"
+	ixPoolPrefix     = indexPrefix + "p/"
+	usersPrefix      = root + "users/"
+	tokenHashPrefix  = root + "tokens/hash/"
+	tokenNamePrefix  = root + "tokens/name/"
+)
+
+func sessionKey(id string) string   { return sessionsPrefix + id }
+func tombstoneKey(id string) string { return tombstonesPrefix + id }
+
+// indexKeys lists every index key of a session; they are written and
+// deleted together with the session record.
+func indexKeys(r *record) []string {
+	return []string{
+		ixTenantPrefix + r.Tenant + "/" + r.ID,
+		userModulePrefix(r.Tenant, r.User, r.Module) + r.ID,
+		ixModulePrefix + r.Module + "/" + r.Tenant + "/" + r.ID,
+		ixPoolPrefix + r.Pool + "/" + r.ID,
+	}
+}
+
+// userModulePrefix holds every session of one user in one module: the
+// single-login rule is "this prefix is empty".
+func userModulePrefix(tenant, user, module string) string {
+	return ixUserPrefix + user + "/" + tenant + "/" + module + "/"
+}
+
+func userKey(tenant, user string) string { return usersPrefix + tenant + "/" + user }
+func usersOfTenant(tenant string) string { return usersPrefix + tenant + "/" }
+func tokenHashKey(hash string) string    { return tokenHashPrefix + hash }
+func tokenNameKey(name string) string    { return tokenNamePrefix + name }

@@ -1,0 +1,167 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Config configures a Registry.
+type Config struct {
+	// Client is the etcd client the registry works through (required).
+	Client *clientv3.Client
+	// Node, Site and Pool describe the node serving the API; new sessions
+	// record Node and Site, and take Pool unless they name one.
+	Node, Site, Pool string
+	// DefaultTTL, MinTTL and MaxTTL bound session TTLs (whole seconds).
+	DefaultTTL, MinTTL, MaxTTL time.Duration
+	// TombstoneTTL is how long the reason a session ended stays known.
+	TombstoneTTL time.Duration
+	// RequestTimeout bounds each etcd call a request makes.
+	RequestTimeout time.Duration
+	// RenewStreams is how many long-lived LeaseKeepAlive streams carry heartbeats.
+	RenewStreams int
+	// Logger receives the registry's own logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config with the documented defaults and no client.
+func DefaultConfig() Config {
+	return Config{
+		Pool:           "default",
+		DefaultTTL:     60 * time.Second,
+		MinTTL:         5 * time.Second,
+		MaxTTL:         24 * time.Hour,
+		TombstoneTTL:   15 * time.Minute,
+		RequestTimeout: 5 * time.Second,
+		RenewStreams:   4,
+	}
+}
+
+// Validate checks the configuration and names the first wrong field.
+func (c *Config) Validate() error {
+	switch {
+	case c.Client == nil:
+		return errors.New("registry: config: Client is required")
+	case c.Node == "":
+		return errors.New("registry: config: Node is required")
+	case c.MinTTL < time.Second || c.MinTTL%time.Second != 0:
+		return fmt.Errorf("registry: config: min TTL %s must be whole seconds, at least 1s", c.MinTTL)
+	case c.MaxTTL < c.MinTTL || c.MaxTTL%time.Second != 0:
+		return fmt.Errorf("registry: config: max TTL %s must be whole seconds and at least the min TTL %s", c.MaxTTL, c.MinTTL)
+	case c.DefaultTTL < c.MinTTL || c.DefaultTTL > c.MaxTTL || c.DefaultTTL%time.Second != 0:
+		return fmt.Errorf("registry: config: default TTL %s must be whole seconds between %s and %s", c.DefaultTTL, c.MinTTL, c.MaxTTL)
+	case c.TombstoneTTL < time.Second:
+		return fmt.Errorf("registry: config: tombstone TTL %s must be at least 1s", c.TombstoneTTL)
+	case c.RequestTimeout <= 0:
+		return fmt.Errorf("registry: config: request timeout %s must be positive", c.RequestTimeout)
+	case c.RenewStreams < 1 || c.RenewStreams > 64:
+		return fmt.Errorf("registry: config: renew streams %d must be 1-64", c.RenewStreams)
+	}
+	if err := checkName("node", c.Node); err != nil {
+		return fmt.Errorf("registry: config: %w", err)
+	}
+	if err := checkName("pool", c.Pool); err != nil {
+		return fmt.Errorf("registry: config: %w", err)
+	}
+	if c.Site != "" {
+		if err := checkName("site", c.Site); err != nil {
+			return fmt.Errorf("registry: config: %w", err)
+		}
+	}
+	return nil
+}
+
+// Registry is the session registry on top of an etcd client. Its methods
+// are safe for concurrent use. It does not own the client: Close leaves it
+// open.
+type Registry struct {
+	cfg     Config
+	cli     *clientv3.Client
+	log     *slog.Logger
+	renewer *renewer
+
+	tombMu        sync.Mutex
+	tombLease     clientv3.LeaseID
+	tombLeaseFrom time.Time
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+// New builds a registry; it starts nothing.
+func New(cfg Config) (*Registry, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel}
+	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
+	return r, nil
+}
+
+// Start starts the registry's background work: the watch that records a
+// tombstone for every session whose lease expired. It returns at once.
+func (r *Registry) Start() {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.watchExpiries(r.ctx)
+	}()
+}
+
+// Close stops the registry: (1) it cancels the background work and the
+// heartbeat streams, (2) waits for their goroutines. Safe to call twice.
+func (r *Registry) Close() {
+	r.once.Do(func() {
+		r.cancel()
+		r.renewer.close()
+		r.wg.Wait()
+	})
+}
+
+// Config returns the registry's configuration.
+func (r *Registry) Config() Config { return r.cfg }
+
+// opCtx bounds one etcd call of a request.
+func (r *Registry) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.RequestTimeout)
+}
+
+// translate turns etcd client errors into the registry's sentinels.
+func translate(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("registry: %s: %w", op, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrGRPCNoLeader) ||
+		isUnavailable(err) {
+		return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+	}
+	return fmt.Errorf("registry: %s: %w", op, err)
+}
+
+// Ready reports whether a linearizable read succeeds: the node can serve.
+func (r *Registry) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := r.cli.Get(ctx, root+"ready-probe", clientv3.WithCountOnly())
+	return translate("readiness read", err)
+}

@@ -1,0 +1,165 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"strconv"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// errLeaseGone is what a renewal answers when the lease no longer exists.
+var errLeaseGone = errors.New("registry: lease not found")
+
+// renewer renews leases on demand over a few long-lived LeaseKeepAlive
+// streams: one heartbeat costs one message on an open stream, not a new
+// stream (clientv3's KeepAliveOnce opens one per call) and not a raft write.
+// A lease always maps to the same stream, and the server answers a stream's
+// requests in order, so the answers for one lease arrive in the order asked.
+type renewer struct {
+	ctx     context.Context
+	cli     *clientv3.Client
+	streams []*renewStream
+}
+
+type renewResult struct {
+	ttl int64
+	err error
+}
+
+type renewStream struct {
+	ctx context.Context
+	cli *clientv3.Client
+
+	mu      sync.Mutex
+	stream  pb.Lease_LeaseKeepAliveClient
+	cancel  context.CancelFunc
+	waiters map[int64][]chan renewResult
+	wg      sync.WaitGroup
+}
+
+func newRenewer(ctx context.Context, cli *clientv3.Client, n int) *renewer {
+	r := &renewer{ctx: ctx, cli: cli}
+	for i := 0; i < n; i++ {
+		r.streams = append(r.streams, &renewStream{ctx: ctx, cli: cli, waiters: map[int64][]chan renewResult{}})
+	}
+	return r
+}
+
+// renew resets a lease to its full TTL and returns that TTL in seconds. It
+// returns errLeaseGone when the lease does not exist. Cancelling ctx
+// abandons the wait; the renewal may still happen.
+func (r *renewer) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	h := fnv.New32a()
+	h.Write([]byte(strconv.FormatInt(int64(id), 16)))
+	s := r.streams[int(h.Sum32()%uint32(len(r.streams)))]
+	ch := make(chan renewResult, 1)
+	if err := s.send(int64(id), ch); err != nil {
+		return 0, err
+	}
+	select {
+	case res := <-ch:
+		return res.ttl, res.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (r *renewer) close() {
+	for _, s := range r.streams {
+		s.mu.Lock()
+		if s.cancel != nil {
+			s.cancel()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	}
+}
+
+// send queues a waiter and sends the request, opening the stream if needed.
+func (s *renewStream) send(id int64, ch chan renewResult) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	if s.stream == nil {
+		ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
+		st, err := pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(ctx)
+		if err != nil {
+			cancel()
+			return translate("open keepalive stream", err)
+		}
+		s.stream, s.cancel = st, cancel
+		s.wg.Add(1)
+		go s.receive(st)
+	}
+	s.waiters[id] = append(s.waiters[id], ch)
+	if err := s.stream.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
+		s.failLocked(s.stream, translate("send keepalive", err))
+		return translate("send keepalive", err)
+	}
+	return nil
+}
+
+// receive hands each answer to the oldest waiter of its lease until the
+// stream breaks; then every waiter gets the error and the next send opens a
+// new stream.
+func (s *renewStream) receive(st pb.Lease_LeaseKeepAliveClient) {
+	defer s.wg.Done()
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			s.mu.Lock()
+			s.failLocked(st, translate("keepalive stream", err))
+			s.mu.Unlock()
+			return
+		}
+		res := renewResult{ttl: resp.TTL}
+		if resp.TTL <= 0 {
+			res = renewResult{err: errLeaseGone}
+		}
+		s.mu.Lock()
+		q := s.waiters[resp.ID]
+		if len(q) > 0 {
+			q[0] <- res
+			if len(q) == 1 {
+				delete(s.waiters, resp.ID)
+			} else {
+				s.waiters[resp.ID] = q[1:]
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// failLocked ends stream st (if it is still the current one) and fails its
+// waiters. Callers hold s.mu.
+func (s *renewStream) failLocked(st pb.Lease_LeaseKeepAliveClient, err error) {
+	if s.stream != st {
+		return
+	}
+	s.cancel()
+	s.stream, s.cancel = nil, nil
+	for id, q := range s.waiters {
+		for _, ch := range q {
+			ch <- renewResult{err: err}
+		}
+		delete(s.waiters, id)
+	}
+}
+
+func isUnavailable(err error) bool {
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return true
+		}
+	}
+	return false
+}

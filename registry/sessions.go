@@ -1,0 +1,492 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// record is a session as stored under its key.
+type record struct {
+	Session
+	LeaseID   int64  `json:"lease_id"`
+	TokenHash string `json:"token_hash"`
+
+	createRev int64 // from etcd, not stored
+}
+
+// tombstone is how a session ended, kept for TombstoneTTL; it keeps the
+// owner facts so the session's own token still authenticates to learn it.
+type tombstone struct {
+	Ended
+	Tenant    string `json:"tenant"`
+	User      string `json:"user"`
+	OpenedBy  string `json:"opened_by"`
+	TokenHash string `json:"token_hash"`
+}
+
+// owner is what authorization needs to know of a live or ended session.
+type owner struct {
+	ID, Tenant, User, OpenedBy, TokenHash string
+}
+
+func ownerOf(rec *record, tomb *tombstone) owner {
+	if rec != nil {
+		return owner{rec.ID, rec.Tenant, rec.User, rec.OpenedBy, rec.TokenHash}
+	}
+	return owner{tomb.ID, tomb.Tenant, tomb.User, tomb.OpenedBy, tomb.TokenHash}
+}
+
+// indexAttrs is the value of every index key: enough to filter a listing
+// without reading the session records.
+type indexAttrs struct {
+	Tenant   string     `json:"t"`
+	User     string     `json:"u"`
+	Module   string     `json:"m"`
+	Pool     string     `json:"p"`
+	Site     string     `json:"s,omitempty"`
+	Node     string     `json:"n"`
+	Kind     ClientKind `json:"k"`
+	OpenedBy string     `json:"o"`
+}
+
+// newSessionID returns 32 hex characters: 48 bits of Unix milliseconds (so
+// ids sort by start time) and 80 random bits.
+func newSessionID(now time.Time) string {
+	var b [16]byte
+	ms := uint64(now.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	if _, err := rand.Read(b[6:]); err != nil {
+		panic("registry: crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// normalize validates an open request and fills its defaults.
+func (r *Registry) normalize(req *OpenRequest) error {
+	if req.Tenant == "" {
+		req.Tenant = DefaultTenant
+	}
+	if req.Pool == "" {
+		req.Pool = r.cfg.Pool
+	}
+	if req.ClientKind == "" {
+		req.ClientKind = KindUI
+	}
+	for _, c := range []struct{ field, v string }{{"user", req.User}, {"module", req.Module}, {"tenant", req.Tenant}, {"pool", req.Pool}} {
+		if err := checkName(c.field, c.v); err != nil {
+			return err
+		}
+	}
+	if err := checkOptionalText("host", req.Host, MaxTextBytes); err != nil {
+		return err
+	}
+	if err := checkOptionalText("os", req.OS, MaxTextBytes); err != nil {
+		return err
+	}
+	if req.PID < 0 {
+		return invalid("pid", "must not be negative (got %d)", req.PID)
+	}
+	if err := checkKind(req.ClientKind); err != nil {
+		return err
+	}
+	if req.TTLSeconds == 0 {
+		req.TTLSeconds = int64(r.cfg.DefaultTTL / time.Second)
+	}
+	minTTL, maxTTL := int64(r.cfg.MinTTL/time.Second), int64(r.cfg.MaxTTL/time.Second)
+	if req.TTLSeconds < minTTL || req.TTLSeconds > maxTTL {
+		return invalid("ttl_seconds", "%d is out of range; it must be between %d and %d seconds (omit it for the default %d)", req.TTLSeconds, minTTL, maxTTL, int64(r.cfg.DefaultTTL/time.Second))
+	}
+	return checkLabels(req.Labels)
+}
+
+// Open logs a user in. The session record and its index keys are written
+// in one transaction on a lease of its own; unless the user holds the
+// multi-login right, the transaction succeeds only when the user has no
+// session in the module, so of concurrent logins exactly one wins and the
+// others get an *AlreadyLoggedInError. Cancelling ctx abandons the open;
+// a lease granted for it then expires by itself.
+func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (OpenedSession, error) {
+	if err := requireRole(p, "open sessions", RoleClient, RoleAdmin); err != nil {
+		return OpenedSession{}, err
+	}
+	if err := r.normalize(&req); err != nil {
+		return OpenedSession{}, err
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	lease, err := r.cli.Grant(cctx, req.TTLSeconds)
+	if err != nil {
+		return OpenedSession{}, translate("grant lease", err)
+	}
+	opened, err := r.openOnLease(cctx, p, req, lease.ID)
+	if err != nil {
+		r.revoke(lease.ID)
+	}
+	return opened, err
+}
+
+func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest, lease clientv3.LeaseID) (OpenedSession, error) {
+	now := time.Now().UTC()
+	id := newSessionID(now)
+	token := newSessionToken(id)
+	labels := req.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	rec := record{
+		Session: Session{
+			ID: id, Tenant: req.Tenant, User: req.User, Module: req.Module, Host: req.Host, PID: req.PID,
+			OS: req.OS, ClientKind: req.ClientKind, Pool: req.Pool, Site: r.cfg.Site, Node: r.cfg.Node,
+			StartedAt: now.Truncate(time.Second), TTLSeconds: req.TTLSeconds, Labels: labels, OpenedBy: p.Name,
+		},
+		LeaseID:   int64(lease),
+		TokenHash: hashToken(token),
+	}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return OpenedSession{}, fmt.Errorf("registry: encode session: %w", err)
+	}
+	attrs, _ := json.Marshal(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedBy})
+	puts := []clientv3.Op{clientv3.OpPut(sessionKey(id), string(val), clientv3.WithLease(lease))}
+	for _, k := range indexKeys(&rec) {
+		puts = append(puts, clientv3.OpPut(k, string(attrs), clientv3.WithLease(lease)))
+	}
+	held := userModulePrefix(rec.Tenant, rec.User, rec.Module)
+
+	// The rights are read first and the transaction compares the user
+	// entry's revision, so a right revoked meanwhile is never used; on
+	// such a race it reads the rights again.
+	for attempt := 0; attempt < 5; attempt++ {
+		user, userRev, err := r.readUser(ctx, rec.Tenant, rec.User)
+		if err != nil {
+			return OpenedSession{}, err
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev)}
+		if !user.has(RightMultiLogin) {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(held), "=", 0).WithPrefix())
+		}
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).
+			Else(clientv3.OpGet(held, clientv3.WithPrefix(), clientv3.WithLimit(1)), clientv3.OpGet(userKey(rec.Tenant, rec.User))).
+			Commit()
+		if err != nil {
+			return OpenedSession{}, translate("open session", err)
+		}
+		if resp.Succeeded {
+			rec.ExpiresInSeconds = rec.TTLSeconds
+			return OpenedSession{Session: rec.Session, Token: token}, nil
+		}
+		holders := resp.Responses[0].GetResponseRange().Kvs
+		users := resp.Responses[1].GetResponseRange().Kvs
+		currentRev := int64(0)
+		if len(users) == 1 {
+			currentRev = users[0].ModRevision
+		}
+		if currentRev != userRev {
+			continue // the user's rights changed under us: decide again
+		}
+		if len(holders) == 1 {
+			return OpenedSession{}, r.alreadyLoggedIn(ctx, rec.Tenant, rec.User, rec.Module, string(holders[0].Key))
+		}
+	}
+	return OpenedSession{}, fmt.Errorf("%w: open session: the user entry of %s/%s kept changing; try again", ErrUnavailable, rec.Tenant, rec.User)
+}
+
+func (r *Registry) alreadyLoggedIn(ctx context.Context, tenant, user, module, indexKey string) error {
+	e := &AlreadyLoggedInError{Tenant: tenant, User: user, Module: module}
+	e.SessionID = indexKey[len(userModulePrefix(tenant, user, module)):]
+	if rec, _, err := r.lookup(ctx, e.SessionID); err == nil && rec != nil {
+		e.Host, e.Since = rec.Host, rec.StartedAt
+	}
+	return e
+}
+
+// revoke drops a lease, best effort: a lease that is not revoked expires.
+func (r *Registry) revoke(lease clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.RequestTimeout)
+	defer cancel()
+	if _, err := r.cli.Revoke(ctx, lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		r.log.Warn("revoke lease failed; it will expire by itself", "lease-id", fmt.Sprintf("%x", int64(lease)), "error", err)
+	}
+}
+
+// lookup reads a session, or else its tombstone. It tries this member's
+// copy first and falls back to a linearizable read, so a session opened
+// through another node a moment ago is found.
+func (r *Registry) lookup(ctx context.Context, id string) (*record, *tombstone, error) {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, sessionKey(id), clientv3.WithSerializable())
+	if err == nil && len(resp.Kvs) == 0 {
+		resp, err = r.cli.Get(cctx, sessionKey(id))
+	}
+	if err != nil {
+		return nil, nil, translate("read session", err)
+	}
+	if len(resp.Kvs) == 1 {
+		rec, err := decodeRecord(resp.Kvs[0])
+		return rec, nil, err
+	}
+	tomb, err := r.readTombstone(cctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if tomb == nil {
+		return nil, nil, sessionNotFound(id)
+	}
+	return nil, tomb, nil
+}
+
+func decodeRecord(kv *mvccpb.KeyValue) (*record, error) {
+	var rec record
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, fmt.Errorf("registry: decode session %q: %w", kv.Key, err)
+	}
+	rec.createRev = kv.CreateRevision
+	return &rec, nil
+}
+
+func (r *Registry) readTombstone(ctx context.Context, id string) (*tombstone, error) {
+	resp, err := r.cli.Get(ctx, tombstoneKey(id))
+	if err != nil {
+		return nil, translate("read tombstone", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	var t tombstone
+	if err := json.Unmarshal(resp.Kvs[0].Value, &t); err != nil {
+		return nil, fmt.Errorf("registry: decode tombstone %q: %w", id, err)
+	}
+	return &t, nil
+}
+
+// resolve looks a session up for principal p and checks p may do what
+// with it; allowed decides. A session that ended answers *EndedError (to
+// those allowed to know).
+func (r *Registry) resolve(ctx context.Context, p Principal, id, what string, allowed func(owner) error) (*record, error) {
+	if err := CheckSessionID(id); err != nil {
+		return nil, err
+	}
+	rec, tomb, err := r.lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := allowed(ownerOf(rec, tomb)); err != nil {
+		return nil, err
+	}
+	if tomb != nil {
+		return nil, &EndedError{Ended: tomb.Ended}
+	}
+	return rec, nil
+}
+
+// mayActOn: heartbeat and log out. The session's own token, the client
+// token that opened it, or an admin.
+func (p Principal) mayActOn(what string) func(owner) error {
+	return func(o owner) error {
+		switch {
+		case p.isSession() && p.SessionID == o.ID:
+			return nil
+		case !p.isSession() && p.Role == RoleAdmin:
+			return nil
+		case !p.isSession() && p.Role == RoleClient && p.Name == o.OpenedBy:
+			return nil
+		}
+		return denied("%s may not %s session %s: only its own session token, the client token that opened it, or an admin may", p.describe(), what, o.ID)
+	}
+}
+
+// mayRead: admins and operators, the client token that opened it, and any
+// live session of the same user.
+func (p Principal) mayRead(o owner) error {
+	switch {
+	case !p.isSession() && (p.Role == RoleAdmin || p.Role == RoleOperator):
+		return nil
+	case !p.isSession() && p.Role == RoleClient && p.Name == o.OpenedBy:
+		return nil
+	case p.isSession() && p.SessionID == o.ID:
+		return nil
+	case p.isSession() && !p.ended && p.Tenant == o.Tenant && p.User == o.User:
+		return nil
+	}
+	return denied("%s may not read session %s", p.describe(), o.ID)
+}
+
+// Heartbeat renews a session's lease to its full TTL over a long-lived
+// keepalive stream (no raft write). A session that has ended answers
+// *EndedError; one never known answers ErrSessionNotFound.
+func (r *Registry) Heartbeat(ctx context.Context, p Principal, id string) (HeartbeatResult, error) {
+	rec, err := r.resolve(ctx, p, id, "heartbeat", p.mayActOn("heartbeat"))
+	if err != nil {
+		return HeartbeatResult{}, err
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	ttl, err := r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
+	if errors.Is(err, errLeaseGone) {
+		return HeartbeatResult{}, r.goneNow(ctx, rec)
+	}
+	if err != nil {
+		return HeartbeatResult{}, err
+	}
+	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: ttl}, nil
+}
+
+// goneNow explains a session whose lease has just been found gone: its
+// tombstone if one is written yet, else expiry.
+func (r *Registry) goneNow(ctx context.Context, rec *record) error {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	if tomb, err := r.readTombstone(cctx, rec.ID); err == nil && tomb != nil {
+		return &EndedError{Ended: tomb.Ended}
+	}
+	return &EndedError{Ended: Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: time.Now().UTC().Truncate(time.Second)}}
+}
+
+// Get returns a live session with its remaining TTL.
+func (r *Registry) Get(ctx context.Context, p Principal, id string) (Session, error) {
+	rec, err := r.resolve(ctx, p, id, "read", p.mayRead)
+	if err != nil {
+		return Session{}, err
+	}
+	s := []Session{rec.Session}
+	r.fillExpiry(ctx, s, []int64{rec.LeaseID})
+	return s[0], nil
+}
+
+// Logout logs a session out: its keys go and its tombstone says "closed",
+// in one transaction; then its lease is revoked.
+func (r *Registry) Logout(ctx context.Context, p Principal, id string) (Ended, error) {
+	rec, err := r.resolve(ctx, p, id, "close", p.mayActOn("close"))
+	if err != nil {
+		return Ended{}, err
+	}
+	return r.end(ctx, rec, Ended{ID: id, Reason: EndClosed, By: p.By()})
+}
+
+// Kill cuts a session. Admins and operators may kill any session; a user
+// (by a session token) may kill their own other sessions, and with the
+// interrupt-sessions right any session of their tenant.
+func (r *Registry) Kill(ctx context.Context, p Principal, id, reason string) (Ended, error) {
+	if err := checkOptionalText("reason", reason, MaxReasonBytes); err != nil {
+		return Ended{}, err
+	}
+	if p.ended {
+		return Ended{}, fmt.Errorf("%w: the session token of %s belongs to a session that has ended", ErrUnauthenticated, p.SessionID)
+	}
+	rec, err := r.resolve(ctx, p, id, "kill", func(o owner) error { return r.mayKill(ctx, p, o) })
+	if err != nil {
+		return Ended{}, err
+	}
+	return r.end(ctx, rec, Ended{ID: id, Reason: EndKilled, By: p.By(), Message: reason})
+}
+
+func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
+	if !p.isSession() {
+		if p.Role == RoleAdmin || p.Role == RoleOperator {
+			return nil
+		}
+		return denied("%s may not kill sessions: it needs role operator or admin (a client token may close the sessions it opened)", p.describe())
+	}
+	if p.Tenant != o.Tenant {
+		return denied("user %s/%s may not kill session %s of tenant %s", p.Tenant, p.User, o.ID, o.Tenant)
+	}
+	if p.User == o.User {
+		return nil // cutting one's own hung session from another module
+	}
+	u, _, err := r.readUser(ctx, p.Tenant, p.User)
+	if err != nil {
+		return err
+	}
+	if u.has(RightInterruptSessions) {
+		return nil
+	}
+	return denied("user %s may not kill session %s of user %s: it needs the %s right", p.User, o.ID, o.User, RightInterruptSessions)
+}
+
+// end deletes a session's keys and writes its tombstone in one
+// transaction, then revokes the lease. If the session ended meanwhile,
+// it answers how.
+func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, error) {
+	how.At = time.Now().UTC().Truncate(time.Second)
+	val, _ := json.Marshal(tombstone{Ended: how, Tenant: rec.Tenant, User: rec.User, OpenedBy: rec.OpenedBy, TokenHash: rec.TokenHash})
+	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
+	for _, k := range indexKeys(rec) {
+		ops = append(ops, clientv3.OpDelete(k))
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	var resp *clientv3.TxnResponse
+	for attempt := 0; ; attempt++ {
+		tl, err := r.tombstoneLease(cctx, attempt > 0)
+		if err != nil {
+			return Ended{}, err
+		}
+		resp, err = r.cli.Txn(cctx).
+			If(clientv3.Compare(clientv3.CreateRevision(sessionKey(rec.ID)), "=", rec.createRev)).
+			Then(append(ops, clientv3.OpPut(tombstoneKey(rec.ID), string(val), clientv3.WithLease(tl)))...).
+			Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+			continue // the shared tombstone lease ran out: take a new one
+		}
+		if err != nil {
+			return Ended{}, translate("end session", err)
+		}
+		break
+	}
+	if !resp.Succeeded {
+		return Ended{}, r.goneNow(ctx, rec)
+	}
+	r.revoke(clientv3.LeaseID(rec.LeaseID))
+	return how, nil
+}
+
+// tombstoneLease returns a lease shared by the tombstones written within a
+// minute; it lives TombstoneTTL plus that minute.
+func (r *Registry) tombstoneLease(ctx context.Context, fresh bool) (clientv3.LeaseID, error) {
+	r.tombMu.Lock()
+	defer r.tombMu.Unlock()
+	if !fresh && r.tombLease != 0 && time.Since(r.tombLeaseFrom) < time.Minute {
+		return r.tombLease, nil
+	}
+	resp, err := r.cli.Grant(ctx, int64((r.cfg.TombstoneTTL+time.Minute)/time.Second))
+	if err != nil {
+		return 0, translate("grant tombstone lease", err)
+	}
+	r.tombLease, r.tombLeaseFrom = resp.ID, time.Now()
+	return resp.ID, nil
+}
+
+// fillExpiry sets ExpiresInSeconds from each session's lease, asking etcd
+// for up to 16 leases at once.
+func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64) {
+	sem := make(chan struct{}, 16)
+	done := make(chan struct{}, len(ss))
+	for i := range ss {
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; done <- struct{}{} }()
+			cctx, cancel := r.opCtx(ctx)
+			defer cancel()
+			resp, err := r.cli.TimeToLive(cctx, clientv3.LeaseID(leases[i]))
+			if err == nil && resp.TTL > 0 {
+				ss[i].ExpiresInSeconds = resp.TTL
+			}
+		}(i)
+	}
+	for range ss {
+		<-done
+	}
+}

@@ -1,0 +1,136 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func (u User) has(r Right) bool { return slices.Contains(u.Rights, r) }
+
+// readUser reads a user entry and its revision; a user not in the master
+// has no rights and revision 0.
+func (r *Registry) readUser(ctx context.Context, tenant, user string) (User, int64, error) {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, userKey(tenant, user))
+	if err != nil {
+		return User{}, 0, translate("read user", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return User{Tenant: tenant, User: user, Rights: []Right{}}, 0, nil
+	}
+	var u User
+	if err := json.Unmarshal(resp.Kvs[0].Value, &u); err != nil {
+		return User{}, 0, fmt.Errorf("registry: decode user %s/%s: %w", tenant, user, err)
+	}
+	return u, resp.Kvs[0].ModRevision, nil
+}
+
+func checkUserName(tenant, user string) error {
+	if err := checkName("tenant", tenant); err != nil {
+		return err
+	}
+	return checkName("user", user)
+}
+
+// PutUser creates or replaces a user entry with its rights; admins only.
+func (r *Registry) PutUser(ctx context.Context, p Principal, tenant, user string, spec UserSpec) (User, error) {
+	if err := requireRole(p, "change users", RoleAdmin); err != nil {
+		return User{}, err
+	}
+	if err := checkUserName(tenant, user); err != nil {
+		return User{}, err
+	}
+	if err := checkRights(spec.Rights); err != nil {
+		return User{}, err
+	}
+	rights := []Right{}
+	for _, right := range spec.Rights {
+		if !slices.Contains(rights, right) {
+			rights = append(rights, right)
+		}
+	}
+	slices.Sort(rights)
+	u := User{Tenant: tenant, User: user, Rights: rights, UpdatedAt: time.Now().UTC().Truncate(time.Second)}
+	val, _ := json.Marshal(u)
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	if _, err := r.cli.Put(cctx, userKey(tenant, user), string(val)); err != nil {
+		return User{}, translate("write user", err)
+	}
+	return u, nil
+}
+
+// GetUser reads a user entry; admins and operators only.
+func (r *Registry) GetUser(ctx context.Context, p Principal, tenant, user string) (User, error) {
+	if err := requireRole(p, "read users", RoleAdmin, RoleOperator); err != nil {
+		return User{}, err
+	}
+	if err := checkUserName(tenant, user); err != nil {
+		return User{}, err
+	}
+	u, rev, err := r.readUser(ctx, tenant, user)
+	if err != nil {
+		return User{}, err
+	}
+	if rev == 0 {
+		return User{}, &notFoundError{ErrUserNotFound, fmt.Sprintf("user %s/%s is not in the user master (so it has no rights); 'roster user set' adds it", tenant, user)}
+	}
+	return u, nil
+}
+
+// ListUsers lists the user entries of a tenant, or of every tenant when
+// tenant is empty; admins and operators only.
+func (r *Registry) ListUsers(ctx context.Context, p Principal, tenant string) ([]User, error) {
+	if err := requireRole(p, "read users", RoleAdmin, RoleOperator); err != nil {
+		return nil, err
+	}
+	prefix := usersPrefix
+	if tenant != "" {
+		if err := checkName("tenant", tenant); err != nil {
+			return nil, err
+		}
+		prefix = usersOfTenant(tenant)
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, translate("list users", err)
+	}
+	out := make([]User, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var u User
+		if err := json.Unmarshal(kv.Value, &u); err != nil {
+			return nil, fmt.Errorf("registry: decode user %q: %w", kv.Key, err)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// DeleteUser removes a user entry (and so its rights); admins only. Its
+// sessions stay.
+func (r *Registry) DeleteUser(ctx context.Context, p Principal, tenant, user string) error {
+	if err := requireRole(p, "change users", RoleAdmin); err != nil {
+		return err
+	}
+	if err := checkUserName(tenant, user); err != nil {
+		return err
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Delete(cctx, userKey(tenant, user))
+	if err != nil {
+		return translate("delete user", err)
+	}
+	if resp.Deleted == 0 {
+		return &notFoundError{ErrUserNotFound, fmt.Sprintf("user %s/%s is not in the user master", tenant, user)}
+	}
+	return nil
+}
