@@ -47,9 +47,16 @@ func DefaultConfig() Config {
 
 // Validate checks the configuration and names the first wrong field.
 func (c *Config) Validate() error {
-	switch {
-	case c.Client == nil:
+	if c.Client == nil {
 		return errors.New("registry: config: Client is required")
+	}
+	return c.ValidateSettings()
+}
+
+// ValidateSettings checks everything but the client, so a node can refuse
+// bad flags before it starts etcd.
+func (c *Config) ValidateSettings() error {
+	switch {
 	case c.Node == "":
 		return errors.New("registry: config: Node is required")
 	case c.MinTTL < time.Second || c.MinTTL%time.Second != 0:
