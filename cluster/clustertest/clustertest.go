@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,11 +23,12 @@ func FreeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// NewConfig returns a member config with data in dir and free ports.
+// NewConfig returns a member config with data in dir/etcd (which etcd
+// creates with mode 0700) and free ports.
 func NewConfig(dir string) (cluster.Config, error) {
 	cfg := cluster.DefaultConfig()
 	cfg.Name = "test"
-	cfg.DataDir = dir
+	cfg.DataDir = filepath.Join(dir, "etcd")
 	cfg.StartTimeout = 30 * time.Second
 	var err error
 	if cfg.ClientListen, err = FreeAddr(); err != nil {

@@ -1,0 +1,53 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/roster-dev/roster/cluster"
+)
+
+func ExampleStart() {
+	dataDir, err := os.MkdirTemp("", "roster-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dataDir)
+
+	cfg := cluster.DefaultConfig()
+	cfg.Name = "n1"
+	cfg.DataDir = filepath.Join(dataDir, "etcd")
+	// A node keeps the default ports; the example takes free ones.
+	cfg.ClientListen, cfg.PeerListen = loopbackAddr(), loopbackAddr()
+
+	ctx := context.Background()
+	m, err := cluster.Start(ctx, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+
+	if _, err := m.Client().Put(ctx, "/roster/hello", "world"); err != nil {
+		log.Fatal(err)
+	}
+	resp, err := m.Client().Get(ctx, "/roster/hello")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s\n", resp.Kvs[0].Value)
+	// Output: world
+}
+
+// loopbackAddr returns a loopback address whose port was free a moment ago.
+func loopbackAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
