@@ -3,17 +3,20 @@ package registry
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// watchExpiries writes an "expired" tombstone for every session key that
-// disappears without one, which is what happens when a lease runs out:
-// logout and kill write their tombstone in the transaction that deletes
-// the keys. It runs until ctx is cancelled and resumes a broken watch
-// from the next revision, so no expiry is missed while etcd keeps it.
-func (r *Registry) watchExpiries(ctx context.Context) {
+// watchSessions follows session deletions: it evicts each ended session
+// from the cache and writes an "expired" tombstone for every session key
+// that disappears without one, which is what happens when a lease runs
+// out (logout and kill write their tombstone in the transaction that
+// deletes the keys). It runs until ctx is cancelled and resumes a broken
+// watch from the next revision, so no deletion is missed while etcd keeps
+// it; past a compaction it empties the cache.
+func (r *Registry) watchSessions(ctx context.Context) {
 	var next int64
 	for ctx.Err() == nil {
 		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithFilterPut()}
@@ -23,15 +26,17 @@ func (r *Registry) watchExpiries(ctx context.Context) {
 		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), sessionsPrefix, opts...)
 		for resp := range wch {
 			if resp.CompactRevision != 0 {
-				r.log.Warn("expiry watch fell behind compaction; expiries in between get no tombstone", "compact-revision", resp.CompactRevision)
+				r.log.Warn("session watch fell behind compaction; expiries in between get no tombstone", "compact-revision", resp.CompactRevision)
+				r.forgetAll()
 				next = 0
 				break
 			}
 			if err := resp.Err(); err != nil {
-				r.log.Warn("expiry watch broke; resuming", "error", err)
+				r.log.Warn("session watch broke; resuming", "error", err)
 				break
 			}
 			for _, ev := range resp.Events {
+				r.forget(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix))
 				if ev.PrevKv != nil {
 					r.recordExpiry(ctx, ev.PrevKv.Value)
 				}

@@ -95,6 +95,13 @@ type Registry struct {
 	log     *slog.Logger
 	renewer *renewer
 
+	// live caches the records of live sessions (their fields never change)
+	// so a heartbeat costs one renewal and no read. The session watch
+	// evicts ended sessions; a heartbeat that races an eviction still
+	// finds the lease revoked.
+	liveMu sync.RWMutex
+	live   map[string]*record
+
 	tombMu        sync.Mutex
 	tombLease     clientv3.LeaseID
 	tombLeaseFrom time.Time
@@ -115,19 +122,49 @@ func New(cfg Config) (*Registry, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel}
+	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel, live: map[string]*record{}}
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
 	return r, nil
 }
 
-// Start starts the registry's background work: the watch that records a
-// tombstone for every session whose lease expired. It returns at once.
+// Start starts the registry's background work: the watch on session
+// deletions that evicts the cache and records a tombstone for every
+// session whose lease expired. It returns at once.
 func (r *Registry) Start() {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		r.watchExpiries(r.ctx)
+		r.watchSessions(r.ctx)
 	}()
+}
+
+// maxCached bounds the live-session cache (about 500 bytes an entry).
+const maxCached = 1 << 20
+
+func (r *Registry) cached(id string) *record {
+	r.liveMu.RLock()
+	defer r.liveMu.RUnlock()
+	return r.live[id]
+}
+
+func (r *Registry) remember(rec *record) {
+	r.liveMu.Lock()
+	defer r.liveMu.Unlock()
+	if len(r.live) < maxCached {
+		r.live[rec.ID] = rec
+	}
+}
+
+func (r *Registry) forget(id string) {
+	r.liveMu.Lock()
+	defer r.liveMu.Unlock()
+	delete(r.live, id)
+}
+
+func (r *Registry) forgetAll() {
+	r.liveMu.Lock()
+	defer r.liveMu.Unlock()
+	clear(r.live)
 }
 
 // Close stops the registry: (1) it cancels the background work and the

@@ -184,6 +184,8 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			return OpenedSession{}, translate("open session", err)
 		}
 		if resp.Succeeded {
+			rec.createRev = resp.Header.Revision
+			r.remember(&rec)
 			rec.ExpiresInSeconds = rec.TTLSeconds
 			return OpenedSession{Session: rec.Session, Token: token}, nil
 		}
@@ -225,6 +227,9 @@ func (r *Registry) revoke(lease clientv3.LeaseID) {
 // copy first and falls back to a linearizable read, so a session opened
 // through another node a moment ago is found.
 func (r *Registry) lookup(ctx context.Context, id string) (*record, *tombstone, error) {
+	if rec := r.cached(id); rec != nil {
+		return rec, nil, nil
+	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	resp, err := r.cli.Get(cctx, sessionKey(id), clientv3.WithSerializable())
@@ -236,6 +241,9 @@ func (r *Registry) lookup(ctx context.Context, id string) (*record, *tombstone, 
 	}
 	if len(resp.Kvs) == 1 {
 		rec, err := decodeRecord(resp.Kvs[0])
+		if err == nil {
+			r.remember(rec)
+		}
 		return rec, nil, err
 	}
 	tomb, err := r.readTombstone(cctx, id)
@@ -446,6 +454,7 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, erro
 		}
 		break
 	}
+	r.forget(rec.ID)
 	if !resp.Succeeded {
 		return Ended{}, r.goneNow(ctx, rec)
 	}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test: go vet, all packages' tests, and the race detector on the
+# packages that start goroutines around etcd (registry and its API).
+set -euo pipefail
+cd "$(dirname "$0")"
+export CGO_ENABLED=1
+go vet ./...
+go test -count=1 -timeout 15m ./...
+go test -count=1 -race -timeout 15m ./registry/...
