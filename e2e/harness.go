@@ -64,6 +64,15 @@ func (b Binary) Run(ctx context.Context, dir string, env []string, args ...strin
 	return res, err
 }
 
+// Command prepares the binary with args in dir with env added, for a
+// command that runs alongside the test (such as session open --hold).
+func (b Binary) Command(dir string, env []string, args ...string) *exec.Cmd {
+	cmd := exec.Command(string(b), args...)
+	cmd.Dir = dir
+	cmd.Env = append(cleanEnv(), env...)
+	return cmd
+}
+
 // cleanEnv is the environment without ROSTER_ variables of the person
 // running the tests.
 func cleanEnv() []string {
