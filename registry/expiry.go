@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,8 +24,14 @@ func (r *Registry) watchSessions(ctx context.Context) {
 		if next > 0 {
 			opts = append(opts, clientv3.WithRev(next))
 		}
-		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), sessionsPrefix, opts...)
+		wctx := clientv3.WithRequireLeader(ctx)
+		r.watched.setStream(wctx)
+		wch := r.cli.Watch(wctx, sessionsPrefix, opts...)
 		for resp := range wch {
+			if resp.IsProgressNotify() {
+				r.watched.advance(resp.Header.Revision)
+				continue
+			}
 			if resp.CompactRevision != 0 {
 				r.log.Warn("session watch fell behind compaction; expiries in between get no tombstone", "compact-revision", resp.CompactRevision)
 				r.forgetAll()
@@ -40,12 +47,67 @@ func (r *Registry) watchSessions(ctx context.Context) {
 				if ev.PrevKv != nil {
 					r.recordExpiry(ctx, ev.PrevKv.Value)
 				}
+				next = ev.Kv.ModRevision + 1
 			}
-			next = resp.Header.Revision + 1
+			r.watched.advance(next - 1)
 		}
+		r.watched.setStream(nil)
 		select {
 		case <-ctx.Done():
 		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// watchProgress tracks the revision up to which the session watch has
+// handled every deletion (and so written every expiry tombstone).
+type watchProgress struct {
+	mu     sync.Mutex
+	rev    int64
+	ch     chan struct{} // closed and replaced at every advance
+	stream context.Context
+}
+
+func (w *watchProgress) advance(rev int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if rev > w.rev {
+		w.rev = rev
+		close(w.ch)
+		w.ch = make(chan struct{})
+	}
+}
+
+func (w *watchProgress) setStream(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stream = ctx
+}
+
+// waitWatched waits, at most a second, until the session watch has
+// handled every deletion up to rev, asking etcd for a progress
+// notification so an idle watch catches up at once. It reports whether
+// it got there.
+func (r *Registry) waitWatched(ctx context.Context, rev int64) bool {
+	timeout := time.NewTimer(time.Second)
+	defer timeout.Stop()
+	for {
+		w := &r.watched
+		w.mu.Lock()
+		done, ch, stream := w.rev >= rev, w.ch, w.stream
+		w.mu.Unlock()
+		if done {
+			return true
+		}
+		if stream != nil {
+			_ = r.cli.RequestProgress(stream)
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			return false
+		case <-ctx.Done():
+			return false
 		}
 	}
 }

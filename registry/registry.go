@@ -102,6 +102,9 @@ type Registry struct {
 	liveMu sync.RWMutex
 	live   map[string]*record
 
+	// watched is how far the session watch has handled deletions.
+	watched watchProgress
+
 	tombMu        sync.Mutex
 	tombLease     clientv3.LeaseID
 	tombLeaseFrom time.Time
@@ -123,6 +126,7 @@ func New(cfg Config) (*Registry, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel, live: map[string]*record{}}
+	r.watched.ch = make(chan struct{})
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
 	return r, nil
 }

@@ -247,6 +247,12 @@ func (r *Registry) lookup(ctx context.Context, id string) (*record, *tombstone, 
 		return rec, nil, err
 	}
 	tomb, err := r.readTombstone(cctx, id)
+	if err == nil && tomb == nil && r.waitWatched(cctx, resp.Header.Revision) {
+		// A lease that ran out just now has deleted the keys, and the
+		// watch writes the "expired" tombstone right after: once the
+		// watch has passed this read, the tombstone is there if any is.
+		tomb, err = r.readTombstone(cctx, id)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -100,6 +100,8 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		if !errors.Is(err, e.err) {
 			continue
 		}
+		// The code already says what the sentinel says.
+		msg = strings.TrimPrefix(msg, strings.TrimPrefix(e.err.Error(), "registry: ")+": ")
 		code := e.code
 		var ended *registry.EndedError
 		if errors.As(err, &ended) {

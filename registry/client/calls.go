@@ -13,13 +13,6 @@ import (
 	"github.com/roster-dev/roster/registry"
 )
 
-// The typed calls below share these rules: cancelling ctx aborts the
-// request in flight and the failover, and the call returns an error that
-// matches ctx's error; an error answer is an *APIError (errors.Is matches
-// ErrNotFound and the other code sentinels), or an *EndedError for a session
-// that has ended; when no node could serve the call the error matches
-// ErrUnavailable.
-
 // Health is the answer of GET /healthz and GET /readyz.
 type Health struct {
 	// Status is "ok" (healthz), "ready" or "not ready" (readyz).

@@ -34,6 +34,13 @@ const maxAnswer = 32 << 20
 // retried. Calls that are not idempotent — opening a session, creating a
 // token — move on only after a dial error, when the request certainly did
 // not reach a server, so that one call never opens two sessions.
+//
+// Every method takes a context first. Cancelling it aborts the request in
+// flight and the failover, and the method returns an error that matches the
+// context's error with errors.Is. An error answer is an *APIError
+// (errors.Is matches ErrNotFound, ErrAlreadyLoggedIn and the other code
+// sentinels), or an *EndedError for a session that has ended; when no node
+// could serve a call the error matches ErrUnavailable.
 type Client struct {
 	endpoints []string
 	token     string

@@ -10,11 +10,14 @@ import (
 )
 
 func ExampleOpen() {
-	node := startFakeNode() // a stand-in for a node at e.g. http://127.0.0.1:7400
-	defer node.Close()
+	node, err := sharedNode() // a real node, as at http://127.0.0.1:7400
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 
 	ctx := context.Background()
-	cfg := client.Config{Endpoints: []string{node.URL}, Token: "rt1.example"}
+	cfg := client.Config{Endpoints: []string{node.URL}, Token: node.AdminToken}
 	req := registry.OpenRequest{User: "alice", Module: "sales", Host: "PC-17", TTLSeconds: 60}
 
 	s, err := client.Open(ctx, cfg, req)

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const testID = "0193f2a1b2c3d4e5f60718293a4b5c6d"
+
+// Answers of the fake API, spaced oddly on purpose: -o json must print
+// them byte for byte.
+const (
+	sessionJSON = `{"id":"` + testID + `", "tenant":"default","user":"alice","module":"sales","host":"PC-17","pid":4242,` +
+		`"os":"windows","client_kind":"ui","pool":"default","site":"","node":"n1","started_at":"2026-11-21T10:02:00Z",` +
+		`"ttl_seconds":1,"expires_in_seconds":1,"labels":{},"opened_by":"admin"}`
+	openedJSON = `{"id":"` + testID + `","tenant":"default","user":"alice","module":"sales","host":"PC-17","pid":4242,` +
+		`"os":"windows","client_kind":"ui","pool":"default","site":"","node":"n1","started_at":"2026-11-21T10:02:00Z",` +
+		`"ttl_seconds":1,"expires_in_seconds":1,"labels":{},"opened_by":"admin","token":"rs1.secret"}`
+	session2JSON = `{"id":"0193f2a1b2c3d4e5f60718293a4b5c6e","tenant":"default","user":"bob","module":"crm","host":"",` +
+		`"pid":0,"os":"","client_kind":"ui","pool":"default","site":"","node":"n2","started_at":"2026-11-21T10:03:00Z",` +
+		`"ttl_seconds":60,"expires_in_seconds":30,"labels":{},"opened_by":"admin"}`
+	page1JSON = `{"sessions": [` + sessionJSON + `], "total": 2, "next_cursor": "c1"}`
+	page2JSON = `{"sessions":[` + session2JSON + `],"total":2,"next_cursor":""}`
+	tokenJSON = `{"name":"ops","role":"operator","created_at":"2026-11-21T10:02:00Z","token":"rt1.secret"}`
+)
+
+// fakeAPI answers a few API calls with canned JSON and records every request.
+type fakeAPI struct {
+	*httptest.Server
+	mu       sync.Mutex
+	requests []string // "METHOD /path?query token"
+	killed   bool     // heartbeats answer 410 killed
+}
+
+func newFakeAPI(t *testing.T) *fakeAPI {
+	t.Helper()
+	f := &fakeAPI{}
+	mux := http.NewServeMux()
+	answer := func(status int, body string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			fmt.Fprint(w, body)
+		}
+	}
+	mux.HandleFunc("POST /v1/sessions", answer(http.StatusCreated, openedJSON))
+	mux.HandleFunc("GET /v1/sessions/"+testID, answer(http.StatusOK, sessionJSON))
+	mux.HandleFunc("GET /v1/sessions/{id}", answer(http.StatusNotFound,
+		`{"error":{"code":"not_found","message":"session 0193f2a1b2c3d4e5f60718293a4b5c6f not found"}}`))
+	mux.HandleFunc("DELETE /v1/sessions/{id}", answer(http.StatusOK,
+		`{"id":"`+testID+`","reason":"closed","by":"admin","at":"2026-11-21T11:00:00Z"}`))
+	mux.HandleFunc("POST /v1/sessions/{id}/heartbeat", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		killed := f.killed
+		f.mu.Unlock()
+		if killed {
+			answer(http.StatusGone, `{"error":{"code":"killed","message":"session `+testID+
+				` was killed by admin at 2026-11-21T11:00:00Z: PC crashed"}}`)(w, r)
+			return
+		}
+		answer(http.StatusOK, `{"id":"`+testID+`","ttl_seconds":1,"expires_in_seconds":1}`)(w, r)
+	})
+	mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("cursor") == "c1" {
+			answer(http.StatusOK, page2JSON)(w, r)
+			return
+		}
+		answer(http.StatusOK, page1JSON)(w, r)
+	})
+	mux.HandleFunc("POST /v1/tokens", answer(http.StatusCreated, tokenJSON))
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		req := r.Method + " " + r.URL.Path
+		if r.URL.RawQuery != "" {
+			req += "?" + r.URL.RawQuery
+		}
+		f.requests = append(f.requests, req+" "+strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+		f.mu.Unlock()
+		if r.Header.Get("Authorization") == "" {
+			answer(http.StatusUnauthorized, `{"error":{"code":"unauthenticated","message":"no bearer token"}}`)(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeAPI) env() map[string]string {
+	return map[string]string{envEndpoints: f.URL, envToken: "rt1.admin"}
+}
+
+func (f *fakeAPI) seen() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.requests)
+}
+
+func TestJSONOutputIsTheAPIs(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{name: "session get", args: []string{"session", "get", testID, "-o", "json"}, want: sessionJSON},
+		{name: "session open", args: []string{"-o", "json", "session", "open", "--user", "alice", "--module", "sales"}, want: openedJSON},
+		{name: "one page", args: []string{"session", "list", "--output=json"}, want: page1JSON},
+		{name: "token create", args: []string{"token", "create", "--role", "operator", "--name", "ops", "-ojson"}, want: tokenJSON},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			code, stdout, stderr := runCLI(t, f.env(), tt.args...)
+			if code != exitOK {
+				t.Fatalf("exit status %d; stderr:\n%s", code, stderr)
+			}
+			if stdout != tt.want+"\n" {
+				t.Errorf("stdout:\n%s\nwant the API's answer:\n%s", stdout, tt.want)
+			}
+		})
+	}
+}
+
+func TestListAll(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{
+			name: "json merges the pages",
+			args: []string{"session", "list", "--all", "-o", "json"},
+			want: `{"sessions":[` + sessionJSON + `,` + session2JSON + `],"total":2,"next_cursor":""}` + "\n",
+		},
+		{
+			name: "table",
+			args: []string{"session", "list", "--all"},
+			want: "" +
+				"ID                                TENANT   USER   MODULE  HOST   POOL     NODE  STARTED               EXPIRES-IN\n" +
+				"0193f2a1b2c3d4e5f60718293a4b5c6d  default  alice  sales   PC-17  default  n1    2026-11-21T10:02:00Z  1s\n" +
+				"0193f2a1b2c3d4e5f60718293a4b5c6e  default  bob    crm     -      default  n2    2026-11-21T10:03:00Z  30s\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			code, stdout, stderr := runCLI(t, f.env(), tt.args...)
+			if code != exitOK {
+				t.Fatalf("exit status %d; stderr:\n%s", code, stderr)
+			}
+			if stdout != tt.want {
+				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tt.want)
+			}
+			if n := len(f.seen()); n != 2 {
+				t.Errorf("%d requests, want 2 pages: %q", n, f.seen())
+			}
+		})
+	}
+}
+
+func TestCommandOutput(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string // added to the fake's
+		wantCode   int
+		wantStdout string
+		wantStderr []string
+		wantCall   string // a request the fake must have seen
+	}{
+		{
+			name: "one page notes the next", args: []string{"session", "list", "--user", "alice", "--limit", "1"},
+			wantStdout: "ID", wantStderr: []string{"1 of 2 sessions shown; next page: --cursor c1 (or --all)"},
+			wantCall: "GET /v1/sessions?limit=1&user=alice rt1.admin",
+		},
+		{
+			name: "heartbeat with the session token", args: []string{"session", "heartbeat", testID, "--session-token", "rs1.s"},
+			wantStdout: "session " + testID + " renewed: expires in 1s (ttl 1s)\n",
+			wantCall:   "POST /v1/sessions/" + testID + "/heartbeat rs1.s",
+		},
+		{
+			name: "close", args: []string{"session", "close", testID},
+			wantStdout: "session " + testID + " closed by admin at 2026-11-21T11:00:00Z\n",
+			wantCall:   "DELETE /v1/sessions/" + testID + " rt1.admin",
+		},
+		{
+			name: "open warns that the session expires", args: []string{"session", "open", "--user", "alice", "--module", "sales"},
+			wantStdout: "TOKEN       rs1.secret\n",
+			wantStderr: []string{"expires in 1s unless heartbeated"},
+		},
+		{
+			name: "token create warns once", args: []string{"token", "create", "--role", "operator", "--name", "ops"},
+			wantStdout: "TOKEN    rt1.secret\n", wantStderr: []string{"only time the token is shown"},
+		},
+		{
+			name: "API error", args: []string{"session", "get", "0193f2a1b2c3d4e5f60718293a4b5c6f"},
+			wantCode: exitError, wantStderr: []string{"roster: not_found: session 0193f2a1b2c3d4e5f60718293a4b5c6f not found\n"},
+		},
+		{
+			name: "no token: a hint", args: []string{"token", "list"}, env: map[string]string{envToken: ""},
+			wantCode:   exitError,
+			wantStderr: []string{"roster: unauthenticated: no bearer token\nroster: hint: no token was given"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			env := f.env()
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			code, stdout, stderr := runCLI(t, env, tt.args...)
+			if code != tt.wantCode {
+				t.Fatalf("exit status %d, want %d; stderr:\n%s", code, tt.wantCode, stderr)
+			}
+			if !strings.Contains(stdout, tt.wantStdout) {
+				t.Errorf("stdout does not contain %q:\n%s", tt.wantStdout, stdout)
+			}
+			for _, want := range tt.wantStderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr does not contain %q:\n%s", want, stderr)
+				}
+			}
+			if tt.wantCall != "" && !slices.Contains(f.seen(), tt.wantCall) {
+				t.Errorf("the fake did not see %q; it saw %q", tt.wantCall, f.seen())
+			}
+		})
+	}
+}
+
+func TestHold(t *testing.T) {
+	tests := []struct {
+		name       string
+		killed     bool // the session is killed: heartbeats answer 410
+		wantCode   int
+		wantStderr string
+		wantLogout bool
+	}{
+		{
+			name: "signal logs out", wantCode: exitOK,
+			wantStderr: "roster: session " + testID + " logged out\n", wantLogout: true,
+		},
+		{
+			name: "killed", killed: true, wantCode: exitEnded,
+			wantStderr: "session " + testID + " was killed by admin at 2026-11-21T11:00:00Z: PC crashed\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeAPI(t)
+			f.mu.Lock()
+			f.killed = tt.killed
+			f.mu.Unlock()
+			ctx, signal := context.WithCancel(context.Background())
+			defer signal()
+			type result struct {
+				code           int
+				stdout, stderr string
+			}
+			done := make(chan result, 1)
+			go func() {
+				code, stdout, stderr := runCLICtx(ctx, t, f.env(), "session", "open", "--user", "alice", "--module", "sales", "--hold")
+				done <- result{code, stdout, stderr}
+			}()
+			if !tt.killed {
+				// Wait for a heartbeat, then "press Ctrl-C".
+				deadline := time.Now().Add(5 * time.Second)
+				for !slices.ContainsFunc(f.seen(), func(r string) bool { return strings.Contains(r, "/heartbeat rs1.secret") }) {
+					if time.Now().After(deadline) {
+						t.Fatalf("no heartbeat with the session token; requests: %q", f.seen())
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				signal()
+			}
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("roster session open --hold did not return")
+			}
+			if res.code != tt.wantCode {
+				t.Errorf("exit status %d, want %d; stderr:\n%s", res.code, tt.wantCode, res.stderr)
+			}
+			if !strings.Contains(res.stdout, "TOKEN       rs1.secret") {
+				t.Errorf("the session was not printed:\n%s", res.stdout)
+			}
+			if !strings.Contains(res.stderr, "roster: holding session "+testID) || !strings.HasSuffix(res.stderr, tt.wantStderr) {
+				t.Errorf("stderr:\n%s\nwant it to say it holds and end with:\n%s", res.stderr, tt.wantStderr)
+			}
+			logout := slices.Contains(f.seen(), "DELETE /v1/sessions/"+testID+" rs1.secret")
+			if logout != tt.wantLogout {
+				t.Errorf("logout with the session token sent: %v, want %v", logout, tt.wantLogout)
+			}
+		})
+	}
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"testing/slogtest"
+	"time"
+)
+
+// logLines parses buf as JSON lines.
+func logLines(t *testing.T, buf *bytes.Buffer) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	for line := range strings.Lines(buf.String()) {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", line, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+func TestNewLoggingLevels(t *testing.T) {
+	tests := []struct {
+		name  string
+		level string
+		want  []string // "logger msg" of the lines written, in order
+	}{
+		{name: "debug", level: "debug", want: []string{
+			" roster debug", " roster info", " roster warn", " roster error",
+			"etcd etcd info", "etcd etcd warn", "etcd etcd error",
+		}},
+		{name: "info", level: "info", want: []string{
+			" roster info", " roster warn", " roster error",
+			"etcd etcd warn", "etcd etcd error",
+		}},
+		{name: "warn", level: "warn", want: []string{
+			" roster warn", " roster error",
+			"etcd etcd warn", "etcd etcd error",
+		}},
+		{name: "error", level: "error", want: []string{
+			" roster error",
+			"etcd etcd error",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			log, etcdLog, err := newLogging(tt.level, &buf)
+			if err != nil {
+				t.Fatalf("newLogging(%q): %v", tt.level, err)
+			}
+			log.Debug("roster debug")
+			log.Info("roster info")
+			log.Warn("roster warn")
+			log.Error("roster error")
+			etcdLog.Debug("etcd debug")
+			etcdLog.Info("etcd info")
+			etcdLog.Warn("etcd warn")
+			etcdLog.Error("etcd error")
+
+			var got []string
+			for _, l := range logLines(t, &buf) {
+				logger, _ := l["logger"].(string)
+				got = append(got, logger+" "+l["msg"].(string))
+				if want := strings.Fields(l["msg"].(string))[1]; l["level"] != want {
+					t.Errorf("line %v: level %v, want %s", l, l["level"], want)
+				}
+			}
+			if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+				t.Errorf("lines written:\n%q\nwant\n%q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewLoggingBadLevel(t *testing.T) {
+	for _, level := range []string{"", "verbose", "INFO", "fatal"} {
+		_, _, err := newLogging(level, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "--log-level") {
+			t.Errorf("newLogging(%q) error = %v, want one naming --log-level", level, err)
+		}
+	}
+}
+
+func TestSlogAttrs(t *testing.T) {
+	var buf bytes.Buffer
+	log, _, err := newLogging("debug", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 21, 10, 2, 0, 0, time.UTC)
+	log.With("node", "n1").WithGroup("session").With("session-id", "s1").Info("opened",
+		"ttl", 30*time.Second,
+		"pid", 4711,
+		"shards", uint64(3),
+		"ratio", 0.5,
+		"ok", true,
+		"at", at,
+		"err", errors.New("boom"),
+		"labels", map[string]string{"pool": "a"},
+		slog.Group("client", "host", "PC-17", slog.Group("os", "name", "linux")),
+		slog.Group("empty"),
+		slog.Group("", "inlined", 1),
+	)
+	lines := logLines(t, &buf)
+	if len(lines) != 1 {
+		t.Fatalf("got %d lines, want 1", len(lines))
+	}
+	got := lines[0]
+	want := map[string]any{
+		"level":                  "info",
+		"msg":                    "opened",
+		"node":                   "n1",
+		"session.session-id":     "s1",
+		"session.ttl":            "30s",
+		"session.pid":            4711.0,
+		"session.shards":         3.0,
+		"session.ratio":          0.5,
+		"session.ok":             true,
+		"session.at":             "2026-11-21T10:02:00.000000Z",
+		"session.err":            "boom",
+		"session.labels":         map[string]any{"pool": "a"},
+		"session.client.host":    "PC-17",
+		"session.client.os.name": "linux",
+		"session.inlined":        1.0,
+	}
+	for k, v := range want {
+		gv, ok := got[k]
+		if !ok {
+			t.Errorf("key %q missing", k)
+			continue
+		}
+		gj, _ := json.Marshal(gv)
+		wj, _ := json.Marshal(v)
+		if !bytes.Equal(gj, wj) {
+			t.Errorf("%s = %s, want %s", k, gj, wj)
+		}
+	}
+	for _, k := range []string{"ts", "caller"} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("key %q missing", k)
+		}
+	}
+	if c, _ := got["caller"].(string); !strings.Contains(c, "logging_test.go:") {
+		t.Errorf("caller = %q, want this file", c)
+	}
+	if _, ok := got["logger"]; ok {
+		t.Errorf("roster line has a logger name: %v", got["logger"])
+	}
+	for k := range got {
+		if strings.Contains(k, "empty") {
+			t.Errorf("empty group written as %q", k)
+		}
+	}
+}
+
+// TestSlogHandlerConformance runs the standard library's handler tests. Groups are key
+// prefixes in our output; the result function nests them back into maps as slogtest wants.
+func TestSlogHandlerConformance(t *testing.T) {
+	var buf bytes.Buffer
+	newHandler := func(t *testing.T) slog.Handler {
+		buf.Reset()
+		log, _, err := newLogging("debug", &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return log.Handler()
+	}
+	result := func(t *testing.T) map[string]any {
+		lines := logLines(t, &buf)
+		if len(lines) != 1 {
+			t.Fatalf("got %d lines, want 1", len(lines))
+		}
+		out := map[string]any{}
+		for k, v := range lines[0] {
+			switch k {
+			case "ts":
+				k = slog.TimeKey
+			case "caller":
+				continue
+			}
+			m := out
+			parts := strings.Split(k, ".")
+			for _, p := range parts[:len(parts)-1] {
+				sub, ok := m[p].(map[string]any)
+				if !ok {
+					sub = map[string]any{}
+					m[p] = sub
+				}
+				m = sub
+			}
+			m[parts[len(parts)-1]] = v
+		}
+		return out
+	}
+	slogtest.Run(t, newHandler, result)
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/roster-dev/roster/cluster"
+	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/api"
+)
+
+// readyLine is the one log line a node writes when it serves; scripts and
+// the e2e harness wait for it.
+const readyLine = "roster node ready"
+
+type serveFlags struct {
+	name, dataDir, listen, etcdListen, peerListen string
+	site, pool, logLevel                          string
+	defaultTTL, minTTL, maxTTL, tombstoneTTL      time.Duration
+	etcdQuota                                     int64
+	etcdCompaction                                time.Duration
+}
+
+func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "roster"
+	}
+	f := &serveFlags{}
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.name, "name", host, "node name (also the etcd member name)")
+	fs.StringVar(&f.dataDir, "data-dir", "./roster-data", "directory for etcd's data and the admin token")
+	fs.StringVar(&f.listen, "listen", "127.0.0.1:7400", "address of the HTTP API")
+	fs.StringVar(&f.etcdListen, "etcd-listen", "127.0.0.1:7401", "address etcd serves its clients on")
+	fs.StringVar(&f.peerListen, "peer-listen", "127.0.0.1:7402", "address etcd serves its peers on")
+	fs.StringVar(&f.site, "site", "", "site (data centre) of this node, recorded in its sessions")
+	fs.StringVar(&f.pool, "pool", "default", "pool of sessions opened through this node unless they name one")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&f.defaultTTL, "default-ttl", 60*time.Second, "TTL of a session that names none")
+	fs.DurationVar(&f.minTTL, "min-ttl", 5*time.Second, "shortest TTL a session may ask for")
+	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest TTL a session may ask for")
+	fs.DurationVar(&f.tombstoneTTL, "tombstone-ttl", 15*time.Minute, "how long the reason a session ended stays known")
+	fs.Int64Var(&f.etcdQuota, "etcd-quota-bytes", cluster.DefaultQuotaBytes, "etcd backend quota in bytes")
+	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: roster serve [flags]\n\nRuns a Roster node: an embedded etcd member and the HTTP API.\nEvery flag can also be set as ROSTER_<FLAG> (e.g. ROSTER_DATA_DIR).\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	return fs, f
+}
+
+// envFlags fills every flag not given on the command line from its
+// ROSTER_<FLAG> environment variable.
+func envFlags(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		env := "ROSTER_" + strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		v, ok := os.LookupEnv(env)
+		if !ok || fs.Changed(fl.Name) || err != nil {
+			return
+		}
+		if e := fs.Set(fl.Name, v); e != nil {
+			err = fmt.Errorf("%s=%q: %v", env, v, e)
+		}
+	})
+	return err
+}
+
+// runServe runs a node until ctx is cancelled (SIGINT/SIGTERM) or a part
+// fails. It returns the process exit code.
+func runServe(ctx context.Context, args []string, stderr io.Writer) int {
+	fs, f := newServeFlags(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "roster serve: %v\n", err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "roster serve: unexpected argument %q; see 'roster serve --help'\n", fs.Arg(0))
+		return 2
+	}
+	if err := envFlags(fs); err != nil {
+		fmt.Fprintf(stderr, "roster serve: %v\n", err)
+		return 2
+	}
+	log, etcdLog, err := newLogging(f.logLevel, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "roster serve: %v\n", err)
+		return 2
+	}
+	if err := serve(ctx, f, log, etcdLog); err != nil {
+		log.Error("roster node stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Logger) error {
+	begin := time.Now()
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	ccfg := cluster.DefaultConfig()
+	ccfg.Name, ccfg.DataDir = f.name, filepath.Join(f.dataDir, "etcd")
+	ccfg.ClientListen, ccfg.PeerListen = f.etcdListen, f.peerListen
+	ccfg.QuotaBytes, ccfg.CompactionRetention = f.etcdQuota, f.etcdCompaction
+	ccfg.EtcdLogger, ccfg.Logger = etcdLog, log.With("component", "cluster")
+	rcfg := registry.DefaultConfig()
+	rcfg.Node, rcfg.Site, rcfg.Pool = f.name, f.site, f.pool
+	rcfg.DefaultTTL, rcfg.MinTTL, rcfg.MaxTTL, rcfg.TombstoneTTL = f.defaultTTL, f.minTTL, f.maxTTL, f.tombstoneTTL
+	rcfg.Logger = log.With("component", "registry")
+	if err := ccfg.Validate(); err != nil {
+		return err
+	}
+	if err := rcfg.ValidateSettings(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen for the API on %s: %w (is another node running? pick another --listen)", f.listen, err)
+	}
+	defer ln.Close()
+
+	// Start order: etcd member, registry, API. Stop order is the reverse.
+	member, err := cluster.Start(ctx, ccfg)
+	if err != nil {
+		return err
+	}
+	defer member.Close()
+	rcfg.Client = member.Client()
+	reg, err := registry.New(rcfg)
+	if err != nil {
+		return err
+	}
+	reg.Start()
+	defer reg.Close()
+	if err := ensureAdminToken(ctx, reg, f.dataDir, log); err != nil {
+		return err
+	}
+
+	srv := &http.Server{
+		Handler:           api.New(api.Config{Registry: reg, Node: f.name, Logger: log.With("component", "api")}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("API server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		select {
+		case err := <-member.Err():
+			return fmt.Errorf("etcd member failed: %w", err)
+		case <-gctx.Done():
+			return nil
+		}
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("roster node stopping")
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	log.Info(readyLine, "name", f.name, "api-url", "http://"+ln.Addr().String(), "etcd-url", member.ClientURL(),
+		"data-dir", f.dataDir, "took", time.Since(begin).Round(time.Millisecond))
+	err = g.Wait()
+	if err == nil {
+		log.Info("roster node stopped")
+	}
+	return err
+}
+
+// ensureAdminToken writes a new admin token to <data-dir>/admin.token
+// (mode 0600) when the file is missing and the cluster has no admin token
+// yet, which is the case on a node's first start.
+func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir string, log *slog.Logger) error {
+	path := filepath.Join(dataDir, "admin.token")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	tok, created, err := reg.EnsureAdminToken(ctx)
+	if err != nil {
+		return fmt.Errorf("create the admin token: %w", err)
+	}
+	if !created {
+		log.Warn("no admin token file and the cluster has an admin token already; use a token you have, or 'roster token create --role admin'", "path", path)
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(tok.Token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write the admin token: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write the admin token: %w", err)
+	}
+	abs, _ := filepath.Abs(path)
+	log.Info("wrote the admin token", "path", abs)
+	return nil
+}

@@ -1,0 +1,531 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/client"
+)
+
+// logoutTimeout bounds the logout of a held session after Ctrl-C.
+const logoutTimeout = 10 * time.Second
+
+func sessionCommands() []*command {
+	return []*command{
+		{
+			path: "session open", args: "--user USER --module MODULE",
+			summary: "open (log in) a session; with --hold keep it alive until Ctrl-C",
+			help: `Open (log in) a session of USER in MODULE and print it, including the session token
+that authorizes its heartbeats and logout. Unless the user has the multi-login right,
+the user may hold only one session per module: a second open fails with
+already_logged_in and names the host that holds it.
+
+Without --hold the session expires after its TTL unless something heartbeats it
+(roster session heartbeat ID --session-token TOKEN). With --hold roster keeps it
+alive, heartbeating every third of the TTL, until SIGINT or SIGTERM, then logs it
+out and exits 0. If the session ends otherwise, roster prints why on stderr and
+exits 3 when it was killed or expired (0 when it was logged out elsewhere).`,
+			setup: func(fs *pflag.FlagSet) action {
+				o := &openFlags{}
+				o.define(fs)
+				return o.run
+			},
+		},
+		{
+			path: "session list", summary: "list sessions, filtered and paged",
+			help: `List live sessions. Filters combine with AND. A page holds --limit sessions
+(server default 100); the table notes on stderr when there are more, and --all
+follows the pages to the end.
+
+With -o json a single page is printed exactly as the API sent it. With --all and
+-o json roster prints one object of the same shape holding every page's sessions
+(each exactly as the API sent it), the last page's total, and an empty next_cursor.`,
+			setup: func(fs *pflag.FlagSet) action {
+				l := &listFlags{}
+				l.define(fs)
+				return l.run
+			},
+		},
+		{
+			path: "session get", args: "ID", nargs: 1, summary: "show one session",
+			help: `Show session ID as the registry sees it now. A session that has ended answers
+with how, by whom and when while its tombstone lasts (15 minutes by default).`,
+			setup: func(fs *pflag.FlagSet) action { return runSessionGet },
+		},
+		{
+			path: "session heartbeat", args: "ID", nargs: 1, summary: "renew a session's lease once",
+			help: `Renew session ID's lease once. The token is the session's own (--session-token),
+the client token that opened it, or an admin token.`,
+			setup: func(fs *pflag.FlagSet) action {
+				tok := fs.String("session-token", "", "authorize with the session's token `rs1.…` instead of the global token")
+				return func(ctx context.Context, inv *invocation) error { return runHeartbeat(ctx, inv, *tok) }
+			},
+		},
+		{
+			path: "session close", args: "ID", nargs: 1, summary: "log a session out",
+			help: `Log session ID out: its keys are deleted and its licence seat is freed at once.
+The token is the session's own (--session-token), the client token that opened it,
+or an admin token.`,
+			setup: func(fs *pflag.FlagSet) action {
+				tok := fs.String("session-token", "", "authorize with the session's token `rs1.…` instead of the global token")
+				return func(ctx context.Context, inv *invocation) error { return runClose(ctx, inv, *tok) }
+			},
+		},
+		{
+			path: "session kill", args: "ID", nargs: 1, summary: "cut a session (e.g. a hung one)",
+			help: `Cut session ID, e.g. one left hanging by a crashed PC. Its holder learns the
+reason at its next heartbeat. Allowed to admin and operator tokens, to a session
+token of the same user (cutting one's own hung session from another module), and
+to a session token of a user with the interrupt-sessions right, within its tenant.`,
+			setup: func(fs *pflag.FlagSet) action {
+				reason := fs.String("reason", "", "why, shown to the session's holder (at most 1024 bytes)")
+				return func(ctx context.Context, inv *invocation) error { return runKill(ctx, inv, *reason) }
+			},
+		},
+	}
+}
+
+// openFlags are the flags of session open.
+type openFlags struct {
+	user, module, tenant string
+	host, os, kind, pool string
+	pid                  int64
+	ttl                  time.Duration
+	labels               []string
+	hold                 bool
+	fs                   *pflag.FlagSet
+}
+
+func (o *openFlags) define(fs *pflag.FlagSet) {
+	host, _ := os.Hostname()
+	fs.StringVar(&o.user, "user", "", "user to log in (required)")
+	fs.StringVar(&o.module, "module", "", "module the user works in (required)")
+	fs.StringVar(&o.tenant, "tenant", "", "tenant (server default: default)")
+	fs.StringVar(&o.host, "host", host, "host name of the client")
+	fs.Int64Var(&o.pid, "pid", 0, "process id of the client (default: roster's own with --hold, else none)")
+	fs.StringVar(&o.os, "os", runtime.GOOS, "operating system of the client")
+	fs.StringVar(&o.kind, "kind", "", "client kind: ui, background or appserver (server default: ui)")
+	fs.StringVar(&o.pool, "pool", "", "pool (server default: the node's --pool)")
+	fs.DurationVar(&o.ttl, "ttl", 0, "session TTL in whole seconds, e.g. 30s or 2m (server default: its --default-ttl)")
+	fs.StringArrayVar(&o.labels, "label", nil, "label `KEY=VALUE` (repeatable)")
+	fs.BoolVar(&o.hold, "hold", false, "keep the session alive until SIGINT/SIGTERM, then log out")
+	o.fs = fs
+}
+
+// request checks the flags and builds the open request.
+func (o *openFlags) request() (registry.OpenRequest, error) {
+	const path = "session open"
+	req := registry.OpenRequest{
+		Tenant: o.tenant, User: o.user, Module: o.module, Host: o.host, OS: o.os,
+		Pool: o.pool, ClientKind: registry.ClientKind(o.kind), PID: o.pid,
+	}
+	if req.User == "" {
+		return req, usagef(path, "--user is required")
+	}
+	if req.Module == "" {
+		return req, usagef(path, "--module is required")
+	}
+	if err := checkKind("session open", "--kind", o.kind); err != nil {
+		return req, err
+	}
+	if o.pid < 0 {
+		return req, usagef(path, "--pid %d: must be 0 or more", o.pid)
+	}
+	if o.hold && (o.fs == nil || !o.fs.Changed("pid")) {
+		req.PID = int64(os.Getpid())
+	}
+	secs, err := ttlSeconds(o.ttl)
+	if err != nil {
+		return req, err
+	}
+	req.TTLSeconds = secs
+	if req.Labels, err = parseLabels(o.labels); err != nil {
+		return req, err
+	}
+	return req, nil
+}
+
+// ttlSeconds checks --ttl: 0 (server default) or a positive whole number of seconds.
+func ttlSeconds(d time.Duration) (int64, error) {
+	switch {
+	case d < 0:
+		return 0, usagef("session open", "--ttl %s: must be positive", d)
+	case d%time.Second != 0:
+		return 0, usagef("session open", "--ttl %s: must be whole seconds, e.g. 30s or 2m", d)
+	}
+	return int64(d / time.Second), nil
+}
+
+// parseLabels turns --label KEY=VALUE flags into a map; nil when there are none.
+func parseLabels(labels []string) (map[string]string, error) {
+	if len(labels) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(labels))
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		switch {
+		case !ok:
+			return nil, usagef("session open", "--label %q: want KEY=VALUE", l)
+		case k == "":
+			return nil, usagef("session open", "--label %q: the key is empty", l)
+		}
+		if _, dup := m[k]; dup {
+			return nil, usagef("session open", "--label: key %q given twice", k)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func checkKind(path, flag, kind string) error {
+	switch registry.ClientKind(kind) {
+	case "", registry.KindUI, registry.KindBackground, registry.KindAppServer:
+		return nil
+	}
+	return usagef(path, "%s %q: want ui, background or appserver", flag, kind)
+}
+
+func (o *openFlags) run(ctx context.Context, inv *invocation) error {
+	req, err := o.request()
+	if err != nil {
+		return err
+	}
+	data, err := inv.do(ctx, http.MethodPost, "/v1/sessions", nil, req)
+	if err != nil {
+		return err
+	}
+	var opened registry.OpenedSession
+	if err := decodeAnswer(data, &opened); err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+	} else {
+		renderSession(inv.stdout, opened.Session, opened.Token)
+	}
+	if !o.hold {
+		if !inv.g.json() {
+			fmt.Fprintf(inv.stderr, "roster: the session expires in %s unless heartbeated: roster session heartbeat %s --session-token TOKEN\n",
+				formatSeconds(opened.ExpiresInSeconds), opened.ID)
+		}
+		return nil
+	}
+	return hold(ctx, inv, opened)
+}
+
+// hold keeps a session alive until ctx is done (SIGINT, SIGTERM), then logs
+// it out; or until it ends otherwise, which it reports.
+func hold(ctx context.Context, inv *invocation, opened registry.OpenedSession) error {
+	stderr := &lockedWriter{w: inv.stderr}
+	failing := false // touched only by the heartbeat goroutine
+	hook := func(res registry.HeartbeatResult, err error) {
+		switch {
+		case err == nil && failing:
+			failing = false
+			fmt.Fprintf(stderr, "roster: heartbeat ok again; the session expires in %s\n", formatSeconds(res.ExpiresInSeconds))
+		case err != nil && !endsSession(err):
+			failing = true
+			fmt.Fprintf(stderr, "roster: heartbeat failed; retrying until the session would expire: %s\n", describeError(err))
+		}
+	}
+	interval := (time.Duration(opened.TTLSeconds) * time.Second / 3).Round(time.Millisecond)
+	fmt.Fprintf(stderr, "roster: holding session %s (heartbeat every %s); press Ctrl-C to log out\n", opened.ID, interval)
+	s, err := inv.c.Attach(opened, client.WithHeartbeatHook(hook))
+	if err != nil {
+		return err
+	}
+	select {
+	case <-s.Done():
+		_ = s.Close(ctx) // the session has ended: this only waits for the heartbeat goroutine
+		return reportEnd(stderr, s.Err())
+	case <-ctx.Done():
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logoutTimeout)
+	defer cancel()
+	if err := s.Close(cctx); err != nil {
+		return err
+	}
+	if s.Err() == client.ErrClosed {
+		fmt.Fprintf(stderr, "roster: session %s logged out\n", opened.ID)
+		return nil
+	}
+	return reportEnd(stderr, s.Err()) // it ended on its own just before the logout
+}
+
+// endsSession reports whether a heartbeat error means the session is over.
+func endsSession(err error) bool {
+	if _, ok := errors.AsType[*client.EndedError](err); ok {
+		return true
+	}
+	ae, ok := errors.AsType[*client.APIError](err)
+	return ok && ae.Status < 500 && !errors.Is(err, client.ErrUnavailable)
+}
+
+// reportEnd prints how a held session ended and returns the error that
+// gives the exit status: 3 for killed or expired, 0 for logged out elsewhere.
+func reportEnd(stderr *lockedWriter, err error) error {
+	switch {
+	case errors.Is(err, client.ErrKilled), errors.Is(err, client.ErrExpired):
+		fmt.Fprintln(stderr, err.Error())
+		return &exitCodeError{code: exitEnded}
+	case errors.Is(err, client.ErrClosed):
+		fmt.Fprintln(stderr, err.Error())
+		return nil
+	}
+	return err
+}
+
+// lockedWriter serializes writes from the heartbeat hook and the command.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  interface{ Write([]byte) (int, error) }
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// listFlags are the flags of session list.
+type listFlags struct {
+	tenant, user, module, pool, site, node, kind, cursor string
+	limit                                                int
+	all                                                  bool
+}
+
+func (l *listFlags) define(fs *pflag.FlagSet) {
+	fs.StringVar(&l.tenant, "tenant", "", "only sessions of this tenant")
+	fs.StringVar(&l.user, "user", "", "only sessions of this user")
+	fs.StringVar(&l.module, "module", "", "only sessions in this module")
+	fs.StringVar(&l.pool, "pool", "", "only sessions in this pool")
+	fs.StringVar(&l.site, "site", "", "only sessions opened at this site")
+	fs.StringVar(&l.node, "node", "", "only sessions opened on this node")
+	fs.StringVar(&l.kind, "kind", "", "only sessions of this client kind: ui, background or appserver")
+	fs.IntVar(&l.limit, "limit", 0, "sessions per page, 1-1000 (server default: 100)")
+	fs.StringVar(&l.cursor, "cursor", "", "start at this cursor (next_cursor of the previous page)")
+	fs.BoolVar(&l.all, "all", false, "follow next_cursor to the last page")
+}
+
+// filter checks the flags and builds the list filter.
+func (l *listFlags) filter() (registry.ListFilter, error) {
+	f := registry.ListFilter{
+		Tenant: l.tenant, User: l.user, Module: l.module, Pool: l.pool, Site: l.site, Node: l.node,
+		ClientKind: registry.ClientKind(l.kind), Limit: l.limit, Cursor: l.cursor,
+	}
+	if err := checkKind("session list", "--kind", l.kind); err != nil {
+		return f, err
+	}
+	if l.limit < 0 || l.limit > 1000 {
+		return f, usagef("session list", "--limit %d: must be between 1 and 1000", l.limit)
+	}
+	return f, nil
+}
+
+// rawPage is a page of a listing with each session kept as the API sent it.
+type rawPage struct {
+	Sessions   []json.RawMessage `json:"sessions"`
+	Total      int               `json:"total"`
+	NextCursor string            `json:"next_cursor"`
+}
+
+func (l *listFlags) run(ctx context.Context, inv *invocation) error {
+	f, err := l.filter()
+	if err != nil {
+		return err
+	}
+	if !l.all {
+		data, err := inv.list(ctx, f)
+		if err != nil {
+			return err
+		}
+		if inv.g.json() {
+			inv.printJSON(data)
+			return nil
+		}
+		var page registry.SessionPage
+		if err := decodeAnswer(data, &page); err != nil {
+			return err
+		}
+		renderSessions(inv.stdout, page.Sessions)
+		if page.NextCursor != "" {
+			fmt.Fprintf(inv.stderr, "roster: %d of %d sessions shown; next page: --cursor %s (or --all)\n",
+				len(page.Sessions), page.Total, page.NextCursor)
+		}
+		return nil
+	}
+	all := rawPage{Sessions: []json.RawMessage{}}
+	seen := map[string]bool{}
+	for {
+		data, err := inv.list(ctx, f)
+		if err != nil {
+			return err
+		}
+		var page rawPage
+		if err := decodeAnswer(data, &page); err != nil {
+			return err
+		}
+		all.Sessions = append(all.Sessions, page.Sessions...)
+		all.Total = page.Total
+		if page.NextCursor == "" {
+			break
+		}
+		if seen[page.NextCursor] {
+			return fmt.Errorf("the server returned next_cursor %q twice; stopping", page.NextCursor)
+		}
+		seen[page.NextCursor] = true
+		f.Cursor = page.NextCursor
+	}
+	if inv.g.json() {
+		// Built by hand: json.Marshal would re-format the sessions.
+		var b bytes.Buffer
+		b.WriteString(`{"sessions":[`)
+		for i, raw := range all.Sessions {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.Write(raw)
+		}
+		fmt.Fprintf(&b, `],"total":%d,"next_cursor":""}`, all.Total)
+		inv.printJSON(b.Bytes())
+		return nil
+	}
+	sessions := make([]registry.Session, len(all.Sessions))
+	for i, raw := range all.Sessions {
+		if err := decodeAnswer(raw, &sessions[i]); err != nil {
+			return err
+		}
+	}
+	renderSessions(inv.stdout, sessions)
+	return nil
+}
+
+func (inv *invocation) list(ctx context.Context, f registry.ListFilter) ([]byte, error) {
+	q, err := client.ListQuery(f)
+	if err != nil {
+		return nil, err
+	}
+	return inv.do(ctx, http.MethodGet, "/v1/sessions", q, nil)
+}
+
+// sessionPath checks a session id and returns its API path.
+func sessionPath(path, id, suffix string) (string, error) {
+	if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+		return "", usagef(path, "%q is not a session id (32 lowercase hex characters)", id)
+	}
+	return "/v1/sessions/" + url.PathEscape(id) + suffix, nil
+}
+
+func runSessionGet(ctx context.Context, inv *invocation) error {
+	p, err := sessionPath(inv.cmd.path, inv.args[0], "")
+	if err != nil {
+		return err
+	}
+	data, err := inv.do(ctx, http.MethodGet, p, nil, nil)
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	var s registry.Session
+	if err := decodeAnswer(data, &s); err != nil {
+		return err
+	}
+	renderSession(inv.stdout, s, "")
+	return nil
+}
+
+func runHeartbeat(ctx context.Context, inv *invocation, token string) error {
+	p, err := sessionPath(inv.cmd.path, inv.args[0], "/heartbeat")
+	if err != nil {
+		return err
+	}
+	inv.sessionToken = token
+	data, err := inv.do(ctx, http.MethodPost, p, nil, nil)
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	var res registry.HeartbeatResult
+	if err := decodeAnswer(data, &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(inv.stdout, "session %s renewed: expires in %s (ttl %s)\n",
+		res.ID, formatSeconds(res.ExpiresInSeconds), formatSeconds(res.TTLSeconds))
+	return nil
+}
+
+func runClose(ctx context.Context, inv *invocation, token string) error {
+	p, err := sessionPath(inv.cmd.path, inv.args[0], "")
+	if err != nil {
+		return err
+	}
+	inv.sessionToken = token
+	return inv.printEnded(inv.do(ctx, http.MethodDelete, p, nil, nil))
+}
+
+func runKill(ctx context.Context, inv *invocation, reason string) error {
+	p, err := sessionPath(inv.cmd.path, inv.args[0], "/kill")
+	if err != nil {
+		return err
+	}
+	if len(reason) > 1024 {
+		return usagef(inv.cmd.path, "--reason is %d bytes long; at most 1024", len(reason))
+	}
+	body := struct {
+		Reason string `json:"reason,omitempty"`
+	}{reason}
+	return inv.printEnded(inv.do(ctx, http.MethodPost, p, nil, body))
+}
+
+// printEnded prints the answer of a close or kill.
+func (inv *invocation) printEnded(data []byte, err error) error {
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	var e registry.Ended
+	if err := decodeAnswer(data, &e); err != nil {
+		return err
+	}
+	fmt.Fprintln(inv.stdout, describeEnded(e))
+	return nil
+}
+
+// describeEnded says how a session ended in one line.
+func describeEnded(e registry.Ended) string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "session %s %s", e.ID, e.Reason)
+	if e.By != "" {
+		fmt.Fprintf(&b, " by %s", e.By)
+	}
+	if !e.At.IsZero() {
+		fmt.Fprintf(&b, " at %s", formatTime(e.At))
+	}
+	if e.Message != "" {
+		fmt.Fprintf(&b, ": %s", e.Message)
+	}
+	return b.String()
+}

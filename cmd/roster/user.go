@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/roster-dev/roster/registry"
+)
+
+// knownRights are the rights the user master knows.
+var knownRights = []registry.Right{registry.RightMultiLogin, registry.RightInterruptSessions}
+
+const userRefHelp = `TENANT/USER names a user of a tenant, e.g. acme/alice; a bare USER means the
+tenant "default", the one sessions open in when they name none.`
+
+func userCommands() []*command {
+	return []*command{
+		{
+			path: "user set", args: "TENANT/USER", nargs: 1, summary: "set a user's rights",
+			help: `Set the rights of a user in the user master, replacing the rights it had.
+Without --right the user keeps an entry with no rights. Needs an admin token.
+
+Rights:
+  multi-login         may hold more than one session per module
+  interrupt-sessions  may kill other users' sessions in the same tenant
+
+` + userRefHelp,
+			setup: func(fs *pflag.FlagSet) action {
+				rights := fs.StringSlice("right", nil, "`RIGHT` to grant: multi-login or interrupt-sessions (repeatable, or comma-separated)")
+				return func(ctx context.Context, inv *invocation) error { return runUserSet(ctx, inv, *rights) }
+			},
+		},
+		{
+			path: "user get", args: "TENANT/USER", nargs: 1, summary: "show a user's rights",
+			help: "Show a user's entry in the user master. A user who is not in it has no rights\n" +
+				"and the answer is not_found. Needs an admin or operator token.\n\n" + userRefHelp,
+			setup: func(fs *pflag.FlagSet) action { return runUserGet },
+		},
+		{
+			path: "user list", summary: "list the user master",
+			help: "List the users that have an entry in the user master. Needs an admin or operator token.",
+			setup: func(fs *pflag.FlagSet) action {
+				tenant := fs.String("tenant", "", "only users of this tenant (default: as the server decides)")
+				return func(ctx context.Context, inv *invocation) error { return runUserList(ctx, inv, *tenant) }
+			},
+		},
+		{
+			path: "user delete", args: "TENANT/USER", nargs: 1, summary: "remove a user from the user master",
+			help:  "Remove a user from the user master: the user keeps no rights. Needs an admin token.\n\n" + userRefHelp,
+			setup: func(fs *pflag.FlagSet) action { return runUserDelete },
+		},
+	}
+}
+
+// parseUserRef splits TENANT/USER; a bare USER is in tenant "default".
+func parseUserRef(path, ref string) (tenant, user string, err error) {
+	tenant, user, found := strings.Cut(ref, "/")
+	if !found {
+		tenant, user = "default", ref
+	}
+	if tenant == "" || user == "" || strings.Contains(user, "/") {
+		return "", "", usagef(path, "%q: want TENANT/USER, e.g. acme/alice, or USER for tenant default", ref)
+	}
+	return tenant, user, nil
+}
+
+func userPath(path, ref string) (string, error) {
+	tenant, user, err := parseUserRef(path, ref)
+	if err != nil {
+		return "", err
+	}
+	return "/v1/users/" + url.PathEscape(tenant) + "/" + url.PathEscape(user), nil
+}
+
+// parseRights checks --right values and removes duplicates, keeping order.
+func parseRights(values []string) ([]registry.Right, error) {
+	rights := []registry.Right{}
+	for _, v := range values {
+		r := registry.Right(strings.TrimSpace(v))
+		if !slices.Contains(knownRights, r) {
+			return nil, usagef("user set", "--right %q: want multi-login or interrupt-sessions", v)
+		}
+		if !slices.Contains(rights, r) {
+			rights = append(rights, r)
+		}
+	}
+	return rights, nil
+}
+
+func runUserSet(ctx context.Context, inv *invocation, values []string) error {
+	p, err := userPath(inv.cmd.path, inv.args[0])
+	if err != nil {
+		return err
+	}
+	rights, err := parseRights(values)
+	if err != nil {
+		return err
+	}
+	return inv.printUser(inv.do(ctx, http.MethodPut, p, nil, registry.UserSpec{Rights: rights}))
+}
+
+func runUserGet(ctx context.Context, inv *invocation) error {
+	p, err := userPath(inv.cmd.path, inv.args[0])
+	if err != nil {
+		return err
+	}
+	return inv.printUser(inv.do(ctx, http.MethodGet, p, nil, nil))
+}
+
+func (inv *invocation) printUser(data []byte, err error) error {
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	var u registry.User
+	if err := decodeAnswer(data, &u); err != nil {
+		return err
+	}
+	renderUsers(inv.stdout, []registry.User{u})
+	return nil
+}
+
+func runUserList(ctx context.Context, inv *invocation, tenant string) error {
+	var q url.Values
+	if tenant != "" {
+		q = url.Values{"tenant": {tenant}}
+	}
+	data, err := inv.do(ctx, http.MethodGet, "/v1/users", q, nil)
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	var res struct {
+		Users []registry.User `json:"users"`
+	}
+	if err := decodeAnswer(data, &res); err != nil {
+		return err
+	}
+	renderUsers(inv.stdout, res.Users)
+	return nil
+}
+
+func runUserDelete(ctx context.Context, inv *invocation) error {
+	p, err := userPath(inv.cmd.path, inv.args[0])
+	if err != nil {
+		return err
+	}
+	data, err := inv.do(ctx, http.MethodDelete, p, nil, nil)
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	tenant, user, _ := parseUserRef(inv.cmd.path, inv.args[0])
+	fmt.Fprintf(inv.stdout, "user %s/%s deleted\n", tenant, user)
+	return nil
+}
