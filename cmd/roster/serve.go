@@ -15,6 +15,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapgrpc"
+	"google.golang.org/grpc/grpclog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/roster-dev/roster/cluster"
@@ -103,6 +105,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "roster serve: %v\n", err)
 		return 2
 	}
+	// gRPC (inside the etcd client and server) logs through the same sink;
+	// this must happen before any gRPC activity.
+	grpclog.SetLoggerV2(zapgrpc.NewLogger(etcdLog.Named("grpc")))
 	if err := serve(ctx, f, log, etcdLog); err != nil {
 		log.Error("roster node stopped", "error", err)
 		return 1

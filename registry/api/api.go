@@ -39,25 +39,50 @@ func New(cfg Config) http.Handler {
 	}
 	s := &server{reg: cfg.Registry, node: cfg.Node, log: log}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("POST /v1/sessions", s.authed(s.openSession))
-	mux.HandleFunc("GET /v1/sessions", s.authed(s.listSessions))
-	mux.HandleFunc("GET /v1/sessions/{id}", s.authed(s.getSession))
-	mux.HandleFunc("DELETE /v1/sessions/{id}", s.authed(s.closeSession))
-	mux.HandleFunc("POST /v1/sessions/{id}/heartbeat", s.authed(s.heartbeat))
-	mux.HandleFunc("POST /v1/sessions/{id}/kill", s.authed(s.killSession))
-	mux.HandleFunc("GET /v1/users", s.authed(s.listUsers))
-	mux.HandleFunc("PUT /v1/users/{tenant}/{user}", s.authed(s.putUser))
-	mux.HandleFunc("GET /v1/users/{tenant}/{user}", s.authed(s.getUser))
-	mux.HandleFunc("DELETE /v1/users/{tenant}/{user}", s.authed(s.deleteUser))
-	mux.HandleFunc("POST /v1/tokens", s.authed(s.createToken))
-	mux.HandleFunc("GET /v1/tokens", s.authed(s.listTokens))
-	mux.HandleFunc("DELETE /v1/tokens/{name}", s.authed(s.deleteToken))
+	for _, rt := range s.routes() {
+		mux.HandleFunc(rt.Pattern, rt.handler)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s; see docs/api.md", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// Route is one endpoint of the API: its method and path pattern.
+type Route struct {
+	Pattern string // e.g. "POST /v1/sessions/{id}/kill"
+	handler http.HandlerFunc
+}
+
+// routes is the API's whole surface; docs/api.md documents exactly these
+// (a test holds the two together).
+func (s *server) routes() []Route {
+	return []Route{
+		{"GET /healthz", s.healthz},
+		{"GET /readyz", s.readyz},
+		{"POST /v1/sessions", s.authed(s.openSession)},
+		{"GET /v1/sessions", s.authed(s.listSessions)},
+		{"GET /v1/sessions/{id}", s.authed(s.getSession)},
+		{"DELETE /v1/sessions/{id}", s.authed(s.closeSession)},
+		{"POST /v1/sessions/{id}/heartbeat", s.authed(s.heartbeat)},
+		{"POST /v1/sessions/{id}/kill", s.authed(s.killSession)},
+		{"GET /v1/users", s.authed(s.listUsers)},
+		{"PUT /v1/users/{tenant}/{user}", s.authed(s.putUser)},
+		{"GET /v1/users/{tenant}/{user}", s.authed(s.getUser)},
+		{"DELETE /v1/users/{tenant}/{user}", s.authed(s.deleteUser)},
+		{"POST /v1/tokens", s.authed(s.createToken)},
+		{"GET /v1/tokens", s.authed(s.listTokens)},
+		{"DELETE /v1/tokens/{name}", s.authed(s.deleteToken)},
+	}
+}
+
+// Routes lists the patterns the API serves, in the order of docs/api.md.
+func Routes() []string {
+	var out []string
+	for _, rt := range (&server{}).routes() {
+		out = append(out, rt.Pattern)
+	}
+	return out
 }
 
 // errorTable maps each registry sentinel to one status and code. An ended
