@@ -16,8 +16,8 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapgrpc"
-	"google.golang.org/grpc/grpclog"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/roster-dev/roster/cluster"
 	"github.com/roster-dev/roster/registry"
