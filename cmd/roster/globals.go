@@ -207,3 +207,22 @@ func (inv *invocation) printJSON(data []byte) {
 		fmt.Fprintln(inv.stdout)
 	}
 }
+
+// show prints an API answer: with -o json exactly the API's JSON, else
+// the answer decoded as T and printed by render. A failed call's error is
+// passed through, so show can wrap inv.do directly.
+func show[T any](inv *invocation, data []byte, err error, render func(T)) error {
+	if err != nil {
+		return err
+	}
+	if inv.g.json() {
+		inv.printJSON(data)
+		return nil
+	}
+	var v T
+	if err := decodeAnswer(data, &v); err != nil {
+		return err
+	}
+	render(v)
+	return nil
+}

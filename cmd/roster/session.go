@@ -436,19 +436,7 @@ func runSessionGet(ctx context.Context, inv *invocation) error {
 		return err
 	}
 	data, err := inv.do(ctx, http.MethodGet, p, nil, nil)
-	if err != nil {
-		return err
-	}
-	if inv.g.json() {
-		inv.printJSON(data)
-		return nil
-	}
-	var s registry.Session
-	if err := decodeAnswer(data, &s); err != nil {
-		return err
-	}
-	renderSession(inv.stdout, s, "")
-	return nil
+	return show(inv, data, err, func(s registry.Session) { renderSession(inv.stdout, s, "") })
 }
 
 func runHeartbeat(ctx context.Context, inv *invocation, token string) error {
@@ -458,20 +446,10 @@ func runHeartbeat(ctx context.Context, inv *invocation, token string) error {
 	}
 	inv.sessionToken = token
 	data, err := inv.do(ctx, http.MethodPost, p, nil, nil)
-	if err != nil {
-		return err
-	}
-	if inv.g.json() {
-		inv.printJSON(data)
-		return nil
-	}
-	var res registry.HeartbeatResult
-	if err := decodeAnswer(data, &res); err != nil {
-		return err
-	}
-	fmt.Fprintf(inv.stdout, "session %s renewed: expires in %s (ttl %s)\n",
-		res.ID, formatSeconds(res.ExpiresInSeconds), formatSeconds(res.TTLSeconds))
-	return nil
+	return show(inv, data, err, func(res registry.HeartbeatResult) {
+		fmt.Fprintf(inv.stdout, "session %s renewed: expires in %s (ttl %s)\n",
+			res.ID, formatSeconds(res.ExpiresInSeconds), formatSeconds(res.TTLSeconds))
+	})
 }
 
 func runClose(ctx context.Context, inv *invocation, token string) error {
@@ -499,19 +477,7 @@ func runKill(ctx context.Context, inv *invocation, reason string) error {
 
 // printEnded prints the answer of a close or kill.
 func (inv *invocation) printEnded(data []byte, err error) error {
-	if err != nil {
-		return err
-	}
-	if inv.g.json() {
-		inv.printJSON(data)
-		return nil
-	}
-	var e registry.Ended
-	if err := decodeAnswer(data, &e); err != nil {
-		return err
-	}
-	fmt.Fprintln(inv.stdout, describeEnded(e))
-	return nil
+	return show(inv, data, err, func(e registry.Ended) { fmt.Fprintln(inv.stdout, describeEnded(e)) })
 }
 
 // describeEnded says how a session ended in one line.

@@ -83,21 +83,11 @@ func runTokenCreate(ctx context.Context, inv *invocation, role, name string) err
 
 func runTokenList(ctx context.Context, inv *invocation) error {
 	data, err := inv.do(ctx, http.MethodGet, "/v1/tokens", nil, nil)
-	if err != nil {
-		return err
-	}
-	if inv.g.json() {
-		inv.printJSON(data)
-		return nil
-	}
-	var res struct {
+	return show(inv, data, err, func(res struct {
 		Tokens []registry.TokenInfo `json:"tokens"`
-	}
-	if err := decodeAnswer(data, &res); err != nil {
-		return err
-	}
-	renderTokens(inv.stdout, res.Tokens)
-	return nil
+	}) {
+		renderTokens(inv.stdout, res.Tokens)
+	})
 }
 
 func runTokenRevoke(ctx context.Context, inv *invocation) error {

@@ -114,19 +114,7 @@ func runUserGet(ctx context.Context, inv *invocation) error {
 }
 
 func (inv *invocation) printUser(data []byte, err error) error {
-	if err != nil {
-		return err
-	}
-	if inv.g.json() {
-		inv.printJSON(data)
-		return nil
-	}
-	var u registry.User
-	if err := decodeAnswer(data, &u); err != nil {
-		return err
-	}
-	renderUsers(inv.stdout, []registry.User{u})
-	return nil
+	return show(inv, data, err, func(u registry.User) { renderUsers(inv.stdout, []registry.User{u}) })
 }
 
 func runUserList(ctx context.Context, inv *invocation, tenant string) error {
@@ -135,21 +123,11 @@ func runUserList(ctx context.Context, inv *invocation, tenant string) error {
 		q = url.Values{"tenant": {tenant}}
 	}
 	data, err := inv.do(ctx, http.MethodGet, "/v1/users", q, nil)
-	if err != nil {
-		return err
-	}
-	if inv.g.json() {
-		inv.printJSON(data)
-		return nil
-	}
-	var res struct {
+	return show(inv, data, err, func(res struct {
 		Users []registry.User `json:"users"`
-	}
-	if err := decodeAnswer(data, &res); err != nil {
-		return err
-	}
-	renderUsers(inv.stdout, res.Users)
-	return nil
+	}) {
+		renderUsers(inv.stdout, res.Users)
+	})
 }
 
 func runUserDelete(ctx context.Context, inv *invocation) error {
