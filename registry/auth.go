@@ -114,6 +114,10 @@ func (r *Registry) authSessionToken(ctx context.Context, tok string) (Principal,
 		return Principal{}, fmt.Errorf("%w: malformed session token", ErrUnauthenticated)
 	}
 	rec, tomb, err := r.lookup(ctx, id)
+	if errors.Is(err, ErrSessionNotFound) {
+		// An unverifiable token is unauthenticated, whatever its id says.
+		return Principal{}, fmt.Errorf("%w: unknown session token (its session %s ended long ago or never existed)", ErrUnauthenticated, id)
+	}
 	if err != nil {
 		return Principal{}, err
 	}
@@ -214,11 +218,17 @@ func (r *Registry) DeleteToken(ctx context.Context, p Principal, name string) er
 	if err := json.Unmarshal(resp.Kvs[0].Value, &st); err != nil {
 		return fmt.Errorf("registry: decode token: %w", err)
 	}
-	_, err = r.cli.Txn(cctx).
+	del, err := r.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.ModRevision(tokenNameKey(name)), "=", resp.Kvs[0].ModRevision)).
 		Then(clientv3.OpDelete(tokenNameKey(name)), clientv3.OpDelete(tokenHashKey(st.Hash))).
 		Commit()
-	return translate("delete token", err)
+	if err != nil {
+		return translate("delete token", err)
+	}
+	if !del.Succeeded {
+		return fmt.Errorf("%w: token %q changed while it was being revoked; try again", ErrUnavailable, name)
+	}
+	return nil
 }
 
 // requireRole lets API tokens of the given roles through.

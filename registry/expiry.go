@@ -20,6 +20,14 @@ import (
 func (r *Registry) watchSessions(ctx context.Context) {
 	var next int64
 	for ctx.Err() == nil {
+		if next == 0 {
+			// Start from a known revision, so a restarted watch resumes
+			// where this one began even before its first event.
+			resp, err := r.cli.Get(ctx, sessionsPrefix, clientv3.WithCountOnly())
+			if err == nil {
+				next = resp.Header.Revision + 1
+			}
+		}
 		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithFilterPut()}
 		if next > 0 {
 			opts = append(opts, clientv3.WithRev(next))
@@ -43,7 +51,7 @@ func (r *Registry) watchSessions(ctx context.Context) {
 				break
 			}
 			for _, ev := range resp.Events {
-				r.forget(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix))
+				r.evict(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix), ev.Kv.ModRevision)
 				if ev.PrevKv != nil {
 					r.recordExpiry(ctx, ev.PrevKv.Value)
 				}

@@ -99,8 +99,9 @@ type Registry struct {
 	// so a heartbeat costs one renewal and no read. The session watch
 	// evicts ended sessions; a heartbeat that races an eviction still
 	// finds the lease revoked.
-	liveMu sync.RWMutex
-	live   map[string]*record
+	liveMu      sync.RWMutex
+	live        map[string]*record
+	evictedUpTo int64 // the revision of the newest deletion evicted
 
 	// watched is how far the session watch has handled deletions.
 	watched watchProgress
@@ -151,12 +152,23 @@ func (r *Registry) cached(id string) *record {
 	return r.live[id]
 }
 
-func (r *Registry) remember(rec *record) {
+// remember caches a record read at revision rev, unless the watch has
+// already evicted a deletion after rev: then the record may be dead and
+// caching it would revive it.
+func (r *Registry) remember(rec *record, rev int64) {
 	r.liveMu.Lock()
 	defer r.liveMu.Unlock()
-	if len(r.live) < maxCached {
+	if r.evictedUpTo < rev && len(r.live) < maxCached {
 		r.live[rec.ID] = rec
 	}
+}
+
+// evict drops a session deleted at revision rev; the watch calls it.
+func (r *Registry) evict(id string, rev int64) {
+	r.liveMu.Lock()
+	defer r.liveMu.Unlock()
+	r.evictedUpTo = max(r.evictedUpTo, rev)
+	delete(r.live, id)
 }
 
 func (r *Registry) forget(id string) {

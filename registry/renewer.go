@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"strconv"
 	"sync"
@@ -93,7 +94,7 @@ func (s *renewStream) send(id int64, ch chan renewResult) error {
 		st, err := pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(ctx)
 		if err != nil {
 			cancel()
-			return translate("open keepalive stream", err)
+			return streamErr("open keepalive stream", err)
 		}
 		s.stream, s.cancel = st, cancel
 		s.wg.Add(1)
@@ -101,8 +102,9 @@ func (s *renewStream) send(id int64, ch chan renewResult) error {
 	}
 	s.waiters[id] = append(s.waiters[id], ch)
 	if err := s.stream.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
-		s.failLocked(s.stream, translate("send keepalive", err))
-		return translate("send keepalive", err)
+		err = streamErr("send keepalive", err)
+		s.failLocked(s.stream, err)
+		return err
 	}
 	return nil
 }
@@ -116,7 +118,7 @@ func (s *renewStream) receive(st pb.Lease_LeaseKeepAliveClient) {
 		resp, err := st.Recv()
 		if err != nil {
 			s.mu.Lock()
-			s.failLocked(st, translate("keepalive stream", err))
+			s.failLocked(st, streamErr("keepalive stream", err))
 			s.mu.Unlock()
 			return
 		}
@@ -125,6 +127,10 @@ func (s *renewStream) receive(st pb.Lease_LeaseKeepAliveClient) {
 			res = renewResult{err: errLeaseGone}
 		}
 		s.mu.Lock()
+		if s.stream != st {
+			s.mu.Unlock()
+			return // replaced: its waiters were failed, this answer is stale
+		}
 		q := s.waiters[resp.ID]
 		if len(q) > 0 {
 			q[0] <- res
@@ -152,6 +158,12 @@ func (s *renewStream) failLocked(st pb.Lease_LeaseKeepAliveClient, err error) {
 		}
 		delete(s.waiters, id)
 	}
+}
+
+// streamErr reports a broken keepalive stream as etcd being unavailable
+// (a 503 the client retries elsewhere), whatever gRPC said.
+func streamErr(op string, err error) error {
+	return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
 }
 
 func isUnavailable(err error) bool {

@@ -185,7 +185,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		}
 		if resp.Succeeded {
 			rec.createRev = resp.Header.Revision
-			r.remember(&rec)
+			r.remember(&rec, resp.Header.Revision)
 			rec.ExpiresInSeconds = rec.TTLSeconds
 			return OpenedSession{Session: rec.Session, Token: token}, nil
 		}
@@ -199,18 +199,29 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			continue // the user's rights changed under us: decide again
 		}
 		if len(holders) == 1 {
-			return OpenedSession{}, r.alreadyLoggedIn(ctx, rec.Tenant, rec.User, rec.Module, string(holders[0].Key))
+			err := r.alreadyLoggedIn(ctx, rec.Tenant, rec.User, rec.Module, string(holders[0].Key))
+			if err == nil {
+				continue // the holder ended meanwhile: try again
+			}
+			return OpenedSession{}, err
 		}
 	}
 	return OpenedSession{}, fmt.Errorf("%w: open session: the user entry of %s/%s kept changing; try again", ErrUnavailable, rec.Tenant, rec.User)
 }
 
+// alreadyLoggedIn describes the session that holds a module; nil when it
+// has ended since the transaction saw it.
 func (r *Registry) alreadyLoggedIn(ctx context.Context, tenant, user, module, indexKey string) error {
 	e := &AlreadyLoggedInError{Tenant: tenant, User: user, Module: module}
 	e.SessionID = indexKey[len(userModulePrefix(tenant, user, module)):]
-	if rec, _, err := r.lookup(ctx, e.SessionID); err == nil && rec != nil {
-		e.Host, e.Since = rec.Host, rec.StartedAt
+	rec, _, err := r.lookup(ctx, e.SessionID)
+	switch {
+	case err != nil && errors.Is(err, ErrUnavailable):
+		return err
+	case err != nil || rec == nil:
+		return nil
 	}
+	e.Host, e.Since = rec.Host, rec.StartedAt
 	return e
 }
 
@@ -242,7 +253,7 @@ func (r *Registry) lookup(ctx context.Context, id string) (*record, *tombstone, 
 	if len(resp.Kvs) == 1 {
 		rec, err := decodeRecord(resp.Kvs[0])
 		if err == nil {
-			r.remember(rec)
+			r.remember(rec, resp.Header.Revision)
 		}
 		return rec, nil, err
 	}
@@ -350,6 +361,7 @@ func (r *Registry) Heartbeat(ctx context.Context, p Principal, id string) (Heart
 	defer cancel()
 	ttl, err := r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
 	if errors.Is(err, errLeaseGone) {
+		r.forget(rec.ID)
 		return HeartbeatResult{}, r.goneNow(ctx, rec)
 	}
 	if err != nil {

@@ -233,6 +233,9 @@ func query(r *http.Request, allowed ...string) (url.Values, error) {
 		if len(v) > 1 {
 			return nil, &registry.FieldError{Field: k, Problem: "is given more than once"}
 		}
+		if v[0] == "" {
+			return nil, &registry.FieldError{Field: k, Problem: "is empty; give a value or leave the parameter out"}
+		}
 	}
 	return q, nil
 }
