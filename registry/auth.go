@@ -28,6 +28,10 @@ const (
 type Principal struct {
 	Role Role
 	Name string
+	// TokenID identifies one API token for its whole life; unlike its
+	// name, a token created again under the same name gets a new id, so
+	// it never inherits the old token's sessions.
+	TokenID string
 
 	SessionID, Tenant, User string
 	// ended marks a session token whose session has ended: it may still
@@ -54,6 +58,10 @@ type storedToken struct {
 	TokenInfo
 	Hash string `json:"hash"`
 }
+
+// id is the token's lasting identity: the first 64 bits of its hash,
+// unique per created token since every token has a fresh secret.
+func (st storedToken) id() string { return st.Hash[:16] }
 
 func hashToken(tok string) string {
 	sum := sha256.Sum256([]byte(tok))
@@ -104,7 +112,7 @@ func (r *Registry) authAPIToken(ctx context.Context, tok string) (Principal, err
 	if subtle.ConstantTimeCompare([]byte(st.Hash), []byte(hash)) != 1 {
 		return Principal{}, fmt.Errorf("%w: unknown or revoked API token", ErrUnauthenticated)
 	}
-	return Principal{Role: st.Role, Name: st.Name}, nil
+	return Principal{Role: st.Role, Name: st.Name, TokenID: st.id()}, nil
 }
 
 func (r *Registry) authSessionToken(ctx context.Context, tok string) (Principal, error) {

@@ -140,7 +140,7 @@ func (r *Registry) recordExpiry(ctx context.Context, prev []byte) {
 	}
 	val, _ := json.Marshal(tombstone{
 		Ended:  Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: time.Now().UTC().Truncate(time.Second)},
-		Tenant: rec.Tenant, User: rec.User, OpenedBy: rec.OpenedBy, TokenHash: rec.TokenHash,
+		Tenant: rec.Tenant, User: rec.User, OpenedByToken: rec.OpenedByToken, TokenHash: rec.TokenHash,
 	})
 	_, err = r.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.CreateRevision(tombstoneKey(rec.ID)), "=", 0)).

@@ -9,6 +9,7 @@ package registry
 //	ix/u/<user>/<tenant>/<module>/<id>         index by user; also the single-login rule
 //	ix/m/<module>/<tenant>/<id>                index by module
 //	ix/p/<pool>/<id>                           index by pool
+//	ix/o/<token-id>/<id>                       index by the API token that opened it
 //	users/<tenant>/<user>                      user master entry (JSON)
 //	tokens/hash/<sha256-hex>                   API token by hash (JSON)
 //	tokens/name/<name>                         API token by name (JSON)
@@ -25,6 +26,7 @@ const (
 	ixUserPrefix     = indexPrefix + "u/"
 	ixModulePrefix   = indexPrefix + "m/"
 	ixPoolPrefix     = indexPrefix + "p/"
+	ixOwnerPrefix    = indexPrefix + "o/"
 	usersPrefix      = root + "users/"
 	tokenHashPrefix  = root + "tokens/hash/"
 	tokenNamePrefix  = root + "tokens/name/"
@@ -41,6 +43,7 @@ func indexKeys(r *record) []string {
 		userModulePrefix(r.Tenant, r.User, r.Module) + r.ID,
 		ixModulePrefix + r.Module + "/" + r.Tenant + "/" + r.ID,
 		ixPoolPrefix + r.Pool + "/" + r.ID,
+		ixOwnerPrefix + r.OpenedByToken + "/" + r.ID,
 	}
 }
 

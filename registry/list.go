@@ -29,6 +29,8 @@ func planList(f ListFilter) listPlan {
 	var prefix string
 	covered := map[string]bool{}
 	switch {
+	case f.OpenedByToken != "":
+		prefix, covered["opened_by"] = ixOwnerPrefix+f.OpenedByToken+"/", true
 	case f.User != "":
 		prefix, covered["user"] = ixUserPrefix+f.User+"/", true
 		if f.Tenant != "" {
@@ -60,7 +62,7 @@ func planList(f ListFilter) listPlan {
 		{"site", f.Site, func(a indexAttrs) string { return a.Site }},
 		{"node", f.Node, func(a indexAttrs) string { return a.Node }},
 		{"client_kind", string(f.ClientKind), func(a indexAttrs) string { return string(a.Kind) }},
-		{"opened_by", f.OpenedBy, func(a indexAttrs) string { return a.OpenedBy }},
+		{"opened_by", f.OpenedByToken, func(a indexAttrs) string { return a.OpenedByToken }},
 	}
 	var post []func(indexAttrs) bool
 	for _, c := range checks {
@@ -120,7 +122,7 @@ func (p Principal) scope(f *ListFilter) error {
 		}
 		f.Tenant, f.User = p.Tenant, p.User
 	case p.Role == RoleClient:
-		f.OpenedBy = p.Name
+		f.OpenedByToken = p.TokenID
 	case p.Role == RoleAdmin || p.Role == RoleOperator:
 	default:
 		return denied("%s may not list sessions", p.describe())

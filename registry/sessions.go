@@ -19,6 +19,9 @@ type record struct {
 	Session
 	LeaseID   int64  `json:"lease_id"`
 	TokenHash string `json:"token_hash"`
+	// OpenedByToken is the id of the API token that opened the session:
+	// ownership goes by it, not by the token's (reusable) name.
+	OpenedByToken string `json:"opened_by_token"`
 
 	createRev int64 // from etcd, not stored
 }
@@ -27,35 +30,35 @@ type record struct {
 // owner facts so the session's own token still authenticates to learn it.
 type tombstone struct {
 	Ended
-	Tenant    string `json:"tenant"`
-	User      string `json:"user"`
-	OpenedBy  string `json:"opened_by"`
-	TokenHash string `json:"token_hash"`
+	Tenant        string `json:"tenant"`
+	User          string `json:"user"`
+	OpenedByToken string `json:"opened_by_token"`
+	TokenHash     string `json:"token_hash"`
 }
 
 // owner is what authorization needs to know of a live or ended session.
 type owner struct {
-	ID, Tenant, User, OpenedBy, TokenHash string
+	ID, Tenant, User, OpenedByToken, TokenHash string
 }
 
 func ownerOf(rec *record, tomb *tombstone) owner {
 	if rec != nil {
-		return owner{rec.ID, rec.Tenant, rec.User, rec.OpenedBy, rec.TokenHash}
+		return owner{rec.ID, rec.Tenant, rec.User, rec.OpenedByToken, rec.TokenHash}
 	}
-	return owner{tomb.ID, tomb.Tenant, tomb.User, tomb.OpenedBy, tomb.TokenHash}
+	return owner{tomb.ID, tomb.Tenant, tomb.User, tomb.OpenedByToken, tomb.TokenHash}
 }
 
 // indexAttrs is the value of every index key: enough to filter a listing
 // without reading the session records.
 type indexAttrs struct {
-	Tenant   string     `json:"t"`
-	User     string     `json:"u"`
-	Module   string     `json:"m"`
-	Pool     string     `json:"p"`
-	Site     string     `json:"s,omitempty"`
-	Node     string     `json:"n"`
-	Kind     ClientKind `json:"k"`
-	OpenedBy string     `json:"o"`
+	Tenant        string     `json:"t"`
+	User          string     `json:"u"`
+	Module        string     `json:"m"`
+	Pool          string     `json:"p"`
+	Site          string     `json:"s,omitempty"`
+	Node          string     `json:"n"`
+	Kind          ClientKind `json:"k"`
+	OpenedByToken string     `json:"o"`
 }
 
 // newSessionID returns 32 hex characters: 48 bits of Unix milliseconds (so
@@ -151,14 +154,15 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			OS: req.OS, ClientKind: req.ClientKind, Pool: req.Pool, Site: r.cfg.Site, Node: r.cfg.Node,
 			StartedAt: now.Truncate(time.Second), TTLSeconds: req.TTLSeconds, Labels: labels, OpenedBy: p.Name,
 		},
-		LeaseID:   int64(lease),
-		TokenHash: hashToken(token),
+		LeaseID:       int64(lease),
+		TokenHash:     hashToken(token),
+		OpenedByToken: p.TokenID,
 	}
 	val, err := json.Marshal(rec)
 	if err != nil {
 		return OpenedSession{}, fmt.Errorf("registry: encode session: %w", err)
 	}
-	attrs, _ := json.Marshal(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedBy})
+	attrs, _ := json.Marshal(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedByToken})
 	puts := []clientv3.Op{clientv3.OpPut(sessionKey(id), string(val), clientv3.WithLease(lease))}
 	for _, k := range indexKeys(&rec) {
 		puts = append(puts, clientv3.OpPut(k, string(attrs), clientv3.WithLease(lease)))
@@ -326,7 +330,7 @@ func (p Principal) mayActOn(what string) func(owner) error {
 			return nil
 		case !p.isSession() && p.Role == RoleAdmin:
 			return nil
-		case !p.isSession() && p.Role == RoleClient && p.Name == o.OpenedBy:
+		case !p.isSession() && p.Role == RoleClient && p.TokenID == o.OpenedByToken:
 			return nil
 		}
 		return denied("%s may not %s session %s: only its own session token, the client token that opened it, or an admin may", p.describe(), what, o.ID)
@@ -339,7 +343,7 @@ func (p Principal) mayRead(o owner) error {
 	switch {
 	case !p.isSession() && (p.Role == RoleAdmin || p.Role == RoleOperator):
 		return nil
-	case !p.isSession() && p.Role == RoleClient && p.Name == o.OpenedBy:
+	case !p.isSession() && p.Role == RoleClient && p.TokenID == o.OpenedByToken:
 		return nil
 	case p.isSession() && p.SessionID == o.ID:
 		return nil
@@ -447,7 +451,7 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 // it answers how.
 func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, error) {
 	how.At = time.Now().UTC().Truncate(time.Second)
-	val, _ := json.Marshal(tombstone{Ended: how, Tenant: rec.Tenant, User: rec.User, OpenedBy: rec.OpenedBy, TokenHash: rec.TokenHash})
+	val, _ := json.Marshal(tombstone{Ended: how, Tenant: rec.Tenant, User: rec.User, OpenedByToken: rec.OpenedByToken, TokenHash: rec.TokenHash})
 	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
 	for _, k := range indexKeys(rec) {
 		ops = append(ops, clientv3.OpDelete(k))

@@ -397,3 +397,34 @@ func TestReadScopes(t *testing.T) {
 		t.Fatalf("get of a sibling session: %v", err)
 	}
 }
+
+// TestTokenNameReuseInheritsNothing: a client token revoked and created
+// again under the same name is a new token; the sessions the old one
+// opened are not its to heartbeat, close or list.
+func TestTokenNameReuseInheritsNothing(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	_, old := token(t, r, "app", registry.RoleClient)
+	s := open(t, r, old, registry.OpenRequest{User: "u", Module: "m"})
+	if err := r.DeleteToken(ctx, admin, "app"); err != nil {
+		t.Fatal(err)
+	}
+	_, again := token(t, r, "app", registry.RoleClient)
+	if again.TokenID == old.TokenID {
+		t.Fatalf("a re-created token has the old id %s", old.TokenID)
+	}
+	if _, err := r.Heartbeat(ctx, again, s.ID); !errors.Is(err, registry.ErrPermissionDenied) {
+		t.Fatalf("heartbeat by the re-created token: %v", err)
+	}
+	if _, err := r.Logout(ctx, again, s.ID); !errors.Is(err, registry.ErrPermissionDenied) {
+		t.Fatalf("logout by the re-created token: %v", err)
+	}
+	page, err := r.List(ctx, again, registry.ListFilter{})
+	if err != nil || page.Total != 0 {
+		t.Fatalf("the re-created token lists %d sessions (%v); want 0", page.Total, err)
+	}
+	// The session itself is untouched and still shows who opened it.
+	if got, err := r.Get(ctx, admin, s.ID); err != nil || got.OpenedBy != "app" {
+		t.Fatalf("Get = %+v, %v", got, err)
+	}
+}

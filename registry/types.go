@@ -119,10 +119,11 @@ type ListFilter struct {
 	Site       string
 	Node       string
 	ClientKind ClientKind
-	// OpenedBy restricts the listing to sessions opened by one token.
-	OpenedBy string
-	Limit    int
-	Cursor   string
+	// OpenedByToken restricts the listing to sessions opened by one API
+	// token, by its id (see Principal.TokenID).
+	OpenedByToken string
+	Limit         int
+	Cursor        string
 }
 
 // User is an entry of the user master.

@@ -120,7 +120,7 @@ func (c *Client) Get(ctx context.Context, id string) (registry.Session, error) {
 }
 
 // List returns one page of the sessions that match f; pass the page's
-// NextCursor as f.Cursor for the next one. f.OpenedBy is not part of the
+// NextCursor as f.Cursor for the next one. f.OpenedByToken is not part of the
 // HTTP API (the server applies it from the token) and must be empty.
 func (c *Client) List(ctx context.Context, f registry.ListFilter) (registry.SessionPage, error) {
 	var res registry.SessionPage
@@ -135,8 +135,8 @@ func (c *Client) List(ctx context.Context, f registry.ListFilter) (registry.Sess
 // ListQuery returns the query parameters of GET /v1/sessions for f, for
 // callers of Do.
 func ListQuery(f registry.ListFilter) (url.Values, error) {
-	if f.OpenedBy != "" {
-		return nil, errors.New("client: ListFilter.OpenedBy cannot be sent: the server restricts a client token's listing to the sessions it opened by itself")
+	if f.OpenedByToken != "" {
+		return nil, errors.New("client: ListFilter.OpenedByToken cannot be sent: the server restricts a client token's listing to the sessions it opened by itself")
 	}
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("client: ListFilter.Limit %d is negative", f.Limit)

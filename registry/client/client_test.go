@@ -358,7 +358,7 @@ func TestListQuery(t *testing.T) {
 			want: url.Values{"tenant": {"t"}, "user": {"u"}, "module": {"m"}, "pool": {"p"}, "site": {"s"},
 				"node": {"n"}, "client_kind": {"appserver"}, "limit": {"50"}, "cursor": {"c1"}},
 		},
-		{name: "opened by is not an API parameter", filter: registry.ListFilter{OpenedBy: "x"}, wantErr: "OpenedBy"},
+		{name: "opened by is not an API parameter", filter: registry.ListFilter{OpenedByToken: "x"}, wantErr: "OpenedByToken"},
 		{name: "negative limit", filter: registry.ListFilter{Limit: -1}, wantErr: "negative"},
 	}
 	for _, tt := range tests {
