@@ -142,17 +142,21 @@ func (r *Registry) CreateToken(ctx context.Context, p Principal, req TokenReques
 	if err := requireRole(p, "create tokens", RoleAdmin); err != nil {
 		return NewToken{}, err
 	}
-	return r.createToken(ctx, req)
+	return r.createToken(ctx, req, NewAPIToken())
 }
 
-func (r *Registry) createToken(ctx context.Context, req TokenRequest) (NewToken, error) {
+// NewAPIToken returns a fresh API token secret (256 random bits); it is
+// not stored anywhere until a token is created with it.
+func NewAPIToken() string { return apiTokenPrefix + randomSecret() }
+
+// createToken stores tok (made by NewAPIToken) under req's name and role.
+func (r *Registry) createToken(ctx context.Context, req TokenRequest, tok string) (NewToken, error) {
 	if err := checkName("name", req.Name); err != nil {
 		return NewToken{}, err
 	}
 	if err := CheckRole(req.Role); err != nil {
 		return NewToken{}, err
 	}
-	tok := apiTokenPrefix + randomSecret()
 	st := storedToken{TokenInfo: TokenInfo{Name: req.Name, Role: req.Role, CreatedAt: time.Now().UTC().Truncate(time.Second)}, Hash: hashToken(tok)}
 	val, _ := json.Marshal(st)
 	cctx, cancel := r.opCtx(ctx)
@@ -170,17 +174,29 @@ func (r *Registry) createToken(ctx context.Context, req TokenRequest) (NewToken,
 	return NewToken{TokenInfo: st.TokenInfo, Token: tok}, nil
 }
 
-// EnsureAdminToken creates the admin token named AdminTokenName unless a
-// token of that name exists. It reports whether it created one.
-func (r *Registry) EnsureAdminToken(ctx context.Context) (NewToken, bool, error) {
-	t, err := r.createToken(ctx, TokenRequest{Name: AdminTokenName, Role: RoleAdmin})
+// EnsureAdminToken makes tok (from NewAPIToken) the admin token named
+// AdminTokenName unless another token of that name exists. It reports
+// whether tok is the admin token now, so a caller that saved tok before
+// calling can finish after a crash by calling again with the same tok.
+func (r *Registry) EnsureAdminToken(ctx context.Context, tok string) (bool, error) {
+	if !strings.HasPrefix(tok, apiTokenPrefix) {
+		return false, invalid("token", "is not an API token (it must start with %q)", apiTokenPrefix)
+	}
+	_, err := r.createToken(ctx, TokenRequest{Name: AdminTokenName, Role: RoleAdmin}, tok)
 	if err == nil {
-		return t, true, nil
+		return true, nil
 	}
-	if errors.Is(err, ErrTokenExists) {
-		return NewToken{}, false, nil
+	if !errors.Is(err, ErrTokenExists) {
+		return false, err
 	}
-	return NewToken{}, false, err
+	p, err := r.authAPIToken(ctx, tok)
+	switch {
+	case err == nil:
+		return p.Name == AdminTokenName && p.Role == RoleAdmin, nil
+	case errors.Is(err, ErrUnauthenticated):
+		return false, nil
+	}
+	return false, err
 }
 
 // ListTokens lists API tokens (never their secrets); admins only.

@@ -84,12 +84,24 @@ func TestTokens(t *testing.T) {
 	if err := r.DeleteToken(ctx, admin, "app"); !errors.Is(err, registry.ErrTokenNotFound) {
 		t.Fatalf("second revoke: %v", err)
 	}
-	created, ok, err := r.EnsureAdminToken(ctx)
-	if err != nil || !ok || created.Role != registry.RoleAdmin {
-		t.Fatalf("EnsureAdminToken = %+v %v %v", created, ok, err)
+	adminTok := registry.NewAPIToken()
+	if ok, err := r.EnsureAdminToken(ctx, adminTok); err != nil || !ok {
+		t.Fatalf("EnsureAdminToken = %v %v", ok, err)
 	}
-	if _, ok, err := r.EnsureAdminToken(ctx); err != nil || ok {
-		t.Fatalf("second EnsureAdminToken created another: %v %v", ok, err)
+	if p, err := r.Authenticate(ctx, adminTok); err != nil || p.Role != registry.RoleAdmin || p.Name != registry.AdminTokenName {
+		t.Fatalf("the admin token authenticates as %+v, %v", p, err)
+	}
+	// The same token again (a start that crashed after creating it) is
+	// still the admin token; another one is not made.
+	if ok, err := r.EnsureAdminToken(ctx, adminTok); err != nil || !ok {
+		t.Fatalf("EnsureAdminToken with the same token = %v %v", ok, err)
+	}
+	other := registry.NewAPIToken()
+	if ok, err := r.EnsureAdminToken(ctx, other); err != nil || ok {
+		t.Fatalf("EnsureAdminToken made a second admin token: %v %v", ok, err)
+	}
+	if _, err := r.Authenticate(ctx, other); !errors.Is(err, registry.ErrUnauthenticated) {
+		t.Fatalf("the refused admin token authenticates: %v", err)
 	}
 }
 

@@ -197,28 +197,55 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 
 // ensureAdminToken writes a new admin token to <data-dir>/admin.token
 // (mode 0600) when the file is missing and the cluster has no admin token
-// yet, which is the case on a node's first start.
+// yet, which is the case on a node's first start. The secret is saved to
+// admin.token.new before it is stored in etcd, and renamed once it is: a
+// start that fails in between finishes on the next start with the same
+// secret, so the admin token is never lost.
 func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir string, log *slog.Logger) error {
 	path := filepath.Join(dataDir, "admin.token")
+	pending := path + ".new"
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	tok, created, err := reg.EnsureAdminToken(ctx)
+	tok := ""
+	if b, err := os.ReadFile(pending); err == nil {
+		tok = strings.TrimSpace(string(b))
+	} else {
+		tok = registry.NewAPIToken()
+		if err := writeSynced(pending, tok+"\n"); err != nil {
+			return fmt.Errorf("write the admin token: %w", err)
+		}
+	}
+	ok, err := reg.EnsureAdminToken(ctx, tok)
 	if err != nil {
 		return fmt.Errorf("create the admin token: %w", err)
 	}
-	if !created {
+	if !ok {
+		os.Remove(pending)
 		log.Warn("no admin token file and the cluster has an admin token already; use a token you have, or 'roster token create --role admin'", "path", path)
 		return nil
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(tok.Token+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write the admin token: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := os.Rename(pending, path); err != nil {
 		return fmt.Errorf("write the admin token: %w", err)
 	}
 	abs, _ := filepath.Abs(path)
 	log.Info("wrote the admin token", "path", abs)
 	return nil
+}
+
+// writeSynced writes a new file of mode 0600 and syncs it to disk.
+func writeSynced(path, content string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

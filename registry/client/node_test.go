@@ -56,12 +56,11 @@ func startNode() (*realNode, error) {
 		return nil, err
 	}
 	n.Registry.Start()
-	tok, _, err := n.Registry.EnsureAdminToken(context.Background())
-	if err != nil {
+	n.AdminToken = registry.NewAPIToken()
+	if _, err := n.Registry.EnsureAdminToken(context.Background(), n.AdminToken); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
-	n.AdminToken = tok.Token
 	n.srv = httptest.NewServer(api.New(api.Config{Registry: n.Registry, Node: "n1"}))
 	n.URL = n.srv.URL
 	return n, nil
