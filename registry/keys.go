@@ -13,6 +13,7 @@ package registry
 //	users/<tenant>/<user>                      user master entry (JSON)
 //	tokens/hash/<sha256-hex>                   API token by hash (JSON)
 //	tokens/name/<name>                         API token by name (JSON)
+//	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
 // key, so one component can never spill into the next.
@@ -30,6 +31,7 @@ const (
 	usersPrefix      = root + "users/"
 	tokenHashPrefix  = root + "tokens/hash/"
 	tokenNamePrefix  = root + "tokens/name/"
+	aliveKey         = root + "alive"
 )
 
 func sessionKey(id string) string   { return sessionsPrefix + id }

@@ -72,8 +72,10 @@ func newRegistry(t testing.TB, opts ...func(*registry.Config)) *registry.Registr
 	if err != nil {
 		t.Fatalf("registry.New: %v", err)
 	}
-	r.Start()
 	t.Cleanup(r.Close)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatalf("registry.Start: %v", err)
+	}
 	return r
 }
 

@@ -28,6 +28,10 @@ type Config struct {
 	RequestTimeout time.Duration
 	// RenewStreams is how many long-lived LeaseKeepAlive streams carry heartbeats.
 	RenewStreams int
+	// AliveInterval is how often the registry rewrites the cluster's alive
+	// beacon; a beacon older than two intervals at start means the whole
+	// cluster was down (see Start).
+	AliveInterval time.Duration
 	// Logger receives the registry's own logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -42,6 +46,7 @@ func DefaultConfig() Config {
 		TombstoneTTL:   15 * time.Minute,
 		RequestTimeout: 5 * time.Second,
 		RenewStreams:   4,
+		AliveInterval:  5 * time.Second,
 	}
 }
 
@@ -71,6 +76,8 @@ func (c *Config) ValidateSettings() error {
 		return fmt.Errorf("registry: config: request timeout %s must be positive", c.RequestTimeout)
 	case c.RenewStreams < 1 || c.RenewStreams > 64:
 		return fmt.Errorf("registry: config: renew streams %d must be 1-64", c.RenewStreams)
+	case c.AliveInterval < 100*time.Millisecond:
+		return fmt.Errorf("registry: config: alive interval %s must be at least 100ms", c.AliveInterval)
 	}
 	if err := checkName("node", c.Node); err != nil {
 		return fmt.Errorf("registry: config: %w", err)
@@ -132,15 +139,26 @@ func New(cfg Config) (*Registry, error) {
 	return r, nil
 }
 
-// Start starts the registry's background work: the watch on session
-// deletions that evicts the cache and records a tombstone for every
-// session whose lease expired. It returns at once.
-func (r *Registry) Start() {
-	r.wg.Add(1)
+// Start ends the sessions that expired while the whole cluster was down
+// (see expireDowntime), then starts the background work: the watch on
+// session deletions that evicts the cache and records a tombstone for
+// every session whose lease expired, and the alive beacon. If the
+// downtime check cannot read etcd, Start returns its error and starts
+// nothing; cancelling ctx abandons the check.
+func (r *Registry) Start(ctx context.Context) error {
+	if err := r.expireDowntime(ctx); err != nil {
+		return err
+	}
+	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
 		r.watchSessions(r.ctx)
 	}()
+	go func() {
+		defer r.wg.Done()
+		r.beacon(r.ctx)
+	}()
+	return nil
 }
 
 // maxCached bounds the live-session cache (about 500 bytes an entry).

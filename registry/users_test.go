@@ -3,8 +3,7 @@ package registry_test
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,63 +104,105 @@ func TestTokens(t *testing.T) {
 	}
 }
 
-// TestRestartKeepsSessions stops etcd under live sessions and starts it
-// again on the same data dir: every session whose lease had not run out is
-// still there and still heartbeats.
-func TestRestartKeepsSessions(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "etcd")
-	cfg, err := clustertest.NewConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	m, err := cluster.Start(ctx, cfg)
+// node is a registry on its own etcd member that a test can stop and
+// start again on the same data dir and ports.
+type node struct {
+	t    *testing.T
+	cfg  cluster.Config
+	rcfg registry.Config
+	m    *cluster.Member
+	r    *registry.Registry
+}
+
+func newNode(t *testing.T, aliveInterval time.Duration) *node {
+	cfg, err := clustertest.NewConfig(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rcfg := registry.DefaultConfig()
-	rcfg.Client, rcfg.Node, rcfg.MinTTL = m.Client(), "n1", time.Second
-	r, err := registry.New(rcfg)
+	rcfg.Node, rcfg.MinTTL, rcfg.AliveInterval = "n1", time.Second, aliveInterval
+	n := &node{t: t, cfg: cfg, rcfg: rcfg}
+	n.start()
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *node) start() {
+	n.t.Helper()
+	m, err := cluster.Start(context.Background(), n.cfg)
 	if err != nil {
-		t.Fatal(err)
+		n.t.Fatalf("start etcd: %v", err)
 	}
-	r.Start()
+	n.rcfg.Client = m.Client()
+	r, err := registry.New(n.rcfg)
+	if err != nil {
+		m.Close()
+		n.t.Fatal(err)
+	}
+	if err := r.Start(context.Background()); err != nil {
+		m.Close()
+		n.t.Fatalf("registry.Start: %v", err)
+	}
+	n.m, n.r = m, r
+}
+
+func (n *node) stop() {
+	if n.r != nil {
+		n.r.Close()
+		n.m.Close()
+		n.r, n.m = nil, nil
+	}
+}
+
+// TestRestartKeepsSessions stops etcd under live sessions and starts it
+// again on the same data dir: every session whose lease had not run out is
+// still there and still heartbeats.
+func TestRestartKeepsSessions(t *testing.T) {
+	ctx := context.Background()
+	n := newNode(t, registry.DefaultConfig().AliveInterval)
 	var ids []string
 	for _, u := range []string{"alice", "bob", "carol"} {
-		ids = append(ids, open(t, r, admin, registry.OpenRequest{User: u, Module: "sales", TTLSeconds: 60}).ID)
+		ids = append(ids, open(t, n.r, admin, registry.OpenRequest{User: u, Module: "sales", TTLSeconds: 60}).ID)
 	}
-	short := open(t, r, admin, registry.OpenRequest{User: "dave", Module: "sales", TTLSeconds: 1})
-	r.Close()
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(dir); err != nil {
-		t.Fatal(err)
-	}
-
-	m, err = cluster.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("restart: %v", err)
-	}
-	defer m.Close()
-	rcfg.Client = m.Client()
-	r, err = registry.New(rcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Start()
-	defer r.Close()
+	short := open(t, n.r, admin, registry.OpenRequest{User: "dave", Module: "sales", TTLSeconds: 1})
+	n.stop()
+	n.start()
 	for _, id := range ids {
-		if _, err := r.Heartbeat(ctx, admin, id); err != nil {
+		if _, err := n.r.Heartbeat(ctx, admin, id); err != nil {
 			t.Fatalf("session %s after restart: %v", id, err)
 		}
 	}
 	// The short session's lease still runs out after the restart.
 	eventually(t, 15*time.Second, "expiry of the TTL-1 session after restart", func() bool {
-		_, err := r.Get(ctx, admin, short.ID)
+		_, err := n.r.Get(ctx, admin, short.ID)
 		return errors.Is(err, registry.ErrSessionEnded) || errors.Is(err, registry.ErrSessionNotFound)
 	})
-	if _, err := r.Open(ctx, admin, registry.OpenRequest{User: "alice", Module: "sales"}); !errors.Is(err, registry.ErrAlreadyLoggedIn) {
+	if _, err := n.r.Open(ctx, admin, registry.OpenRequest{User: "alice", Module: "sales"}); !errors.Is(err, registry.ErrAlreadyLoggedIn) {
 		t.Fatalf("single login after restart: %v", err)
+	}
+}
+
+// TestOutageExpiresShortSessions: etcd renews every lease when it starts
+// again, but a session whose TTL ran out while the whole cluster was down
+// is ended as expired at the start, before anyone can use it; a session
+// with a TTL longer than the outage stays.
+func TestOutageExpiresShortSessions(t *testing.T) {
+	ctx := context.Background()
+	n := newNode(t, 500*time.Millisecond)
+	short := open(t, n.r, admin, registry.OpenRequest{User: "dave", Module: "sales", TTLSeconds: 2})
+	long := open(t, n.r, admin, registry.OpenRequest{User: "erin", Module: "sales", TTLSeconds: 60})
+	n.stop()
+	time.Sleep(4 * time.Second) // the outage: longer than the short TTL plus an interval
+	n.start()
+	_, err := n.r.Get(ctx, admin, short.ID)
+	var ended *registry.EndedError
+	if !errors.As(err, &ended) || ended.Ended.Reason != registry.EndExpired || !strings.Contains(ended.Ended.Message, "cluster was down") {
+		t.Fatalf("the TTL-2 session after a 4 s outage: %v", err)
+	}
+	if _, err := n.r.Open(ctx, admin, registry.OpenRequest{User: "dave", Module: "sales"}); err != nil {
+		t.Fatalf("dave cannot log in again after the outage: %v", err)
+	}
+	if _, err := n.r.Heartbeat(ctx, admin, long.ID); err != nil {
+		t.Fatalf("the TTL-60 session after a 4 s outage: %v", err)
 	}
 }

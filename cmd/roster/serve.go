@@ -152,8 +152,10 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err != nil {
 		return err
 	}
-	reg.Start()
 	defer reg.Close()
+	if err := reg.Start(ctx); err != nil {
+		return err
+	}
 	if err := ensureAdminToken(ctx, reg, f.dataDir, log); err != nil {
 		return err
 	}

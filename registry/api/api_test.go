@@ -51,8 +51,11 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	reg.Start()
 	defer reg.Close()
+	if err := reg.Start(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	adminToken = registry.NewAPIToken()
 	if _, err := reg.EnsureAdminToken(context.Background(), adminToken); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -55,7 +55,10 @@ func startNode() (*realNode, error) {
 		n.Close()
 		return nil, err
 	}
-	n.Registry.Start()
+	if err := n.Registry.Start(context.Background()); err != nil {
+		n.Close()
+		return nil, err
+	}
 	n.AdminToken = registry.NewAPIToken()
 	if _, err := n.Registry.EnsureAdminToken(context.Background(), n.AdminToken); err != nil {
 		n.Close()
