@@ -54,19 +54,28 @@ func newRenewer(ctx context.Context, cli *clientv3.Client, n int) *renewer {
 
 // renew resets a lease to its full TTL and returns that TTL in seconds. It
 // returns errLeaseGone when the lease does not exist. Cancelling ctx
-// abandons the wait; the renewal may still happen.
+// abandons the wait; the renewal may still happen. When ctx's deadline
+// passes the stream is taken to be stuck (etcd answers a stream's
+// renewals in order, and a renewal of a lease that has expired but is
+// not revoked yet waits for the revocation), so it is cancelled: its
+// other waiters fail as unavailable and the next renewal opens a new one.
 func (r *renewer) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
 	h := fnv.New32a()
 	h.Write([]byte(strconv.FormatInt(int64(id), 16)))
 	s := r.streams[int(h.Sum32()%uint32(len(r.streams)))]
 	ch := make(chan renewResult, 1)
-	if err := s.send(int64(id), ch); err != nil {
+	cancelStream, err := s.send(int64(id), ch)
+	if err != nil {
 		return 0, err
 	}
 	select {
 	case res := <-ch:
 		return res.ttl, res.err
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			cancelStream()
+			return 0, fmt.Errorf("%w: lease renewal got no answer in time", ErrUnavailable)
+		}
 		return 0, ctx.Err()
 	}
 }
@@ -82,19 +91,21 @@ func (r *renewer) close() {
 	}
 }
 
-// send queues a waiter and sends the request, opening the stream if needed.
-func (s *renewStream) send(id int64, ch chan renewResult) error {
+// send queues a waiter and sends the request, opening the stream if
+// needed. It returns the cancel function of the stream it used, which is
+// safe to call without s.mu (a Send blocked on flow control holds it).
+func (s *renewStream) send(id int64, ch chan renewResult) (context.CancelFunc, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	if s.stream == nil {
 		ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
 		st, err := pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(ctx)
 		if err != nil {
 			cancel()
-			return streamErr("open keepalive stream", err)
+			return nil, streamErr("open keepalive stream", err)
 		}
 		s.stream, s.cancel = st, cancel
 		s.wg.Add(1)
@@ -104,9 +115,9 @@ func (s *renewStream) send(id int64, ch chan renewResult) error {
 	if err := s.stream.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
 		err = streamErr("send keepalive", err)
 		s.failLocked(s.stream, err)
-		return err
+		return nil, err
 	}
-	return nil
+	return s.cancel, nil
 }
 
 // receive hands each answer to the oldest waiter of its lease until the

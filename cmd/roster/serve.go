@@ -163,6 +163,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	srv := &http.Server{
 		Handler:           api.New(api.Config{Registry: reg, Node: f.name, Logger: log.With("component", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
+		// A request body (at most 1 MiB) must arrive within this; a
+		// client that trickles it does not hold a connection longer.
+		ReadTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
