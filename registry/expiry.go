@@ -59,7 +59,7 @@ func (r *Registry) watchSessions(ctx context.Context) {
 			}
 			r.watched.advance(next - 1)
 		}
-		r.watched.setStream(nil)
+		r.watched.clearStream()
 		select {
 		case <-ctx.Done():
 		case <-time.After(500 * time.Millisecond):
@@ -86,10 +86,19 @@ func (w *watchProgress) advance(rev int64) {
 	}
 }
 
+// setStream records the context of the current watch stream, which
+// progress requests must name.
 func (w *watchProgress) setStream(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.stream = ctx
+}
+
+// clearStream says there is no watch stream to ask until the next one.
+func (w *watchProgress) clearStream() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stream = nil
 }
 
 // waitWatched waits, at most a second, until the session watch has

@@ -211,9 +211,6 @@ func (r *Registry) Close() {
 	})
 }
 
-// Config returns the registry's configuration.
-func (r *Registry) Config() Config { return r.cfg }
-
 // opCtx bounds one etcd call of a request.
 func (r *Registry) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.cfg.RequestTimeout)

@@ -70,10 +70,6 @@ func CheckSessionID(id string) error {
 	return nil
 }
 
-// CheckName validates a tenant, user, module, pool or token name; field
-// names the field in the error.
-func CheckName(field, v string) error { return checkName(field, v) }
-
 func checkLabels(labels map[string]string) error {
 	if len(labels) > MaxLabels {
 		return invalid("labels", "has %d entries; at most %d are allowed", len(labels), MaxLabels)

@@ -91,7 +91,7 @@ reason at its next heartbeat. Allowed to admin and operator tokens, to a session
 token of the same user (cutting one's own hung session from another module), and
 to a session token of a user with the interrupt-sessions right, within its tenant.`,
 			setup: func(fs *pflag.FlagSet) action {
-				reason := fs.String("reason", "", "why, shown to the session's holder (at most 1024 bytes)")
+				reason := fs.String("reason", "", fmt.Sprintf("why, shown to the session's holder (at most %d bytes)", registry.MaxReasonBytes))
 				return func(ctx context.Context, inv *invocation) error { return runKill(ctx, inv, *reason) }
 			},
 		},
@@ -424,8 +424,8 @@ func (inv *invocation) list(ctx context.Context, f registry.ListFilter) ([]byte,
 
 // sessionPath checks a session id and returns its API path.
 func sessionPath(path, id, suffix string) (string, error) {
-	if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
-		return "", usagef(path, "%q is not a session id (32 lowercase hex characters)", id)
+	if err := registry.CheckSessionID(id); err != nil {
+		return "", usagef(path, "%s", strings.TrimPrefix(err.Error(), "id: "))
 	}
 	return "/v1/sessions/" + url.PathEscape(id) + suffix, nil
 }
@@ -466,8 +466,8 @@ func runKill(ctx context.Context, inv *invocation, reason string) error {
 	if err != nil {
 		return err
 	}
-	if len(reason) > 1024 {
-		return usagef(inv.cmd.path, "--reason is %d bytes long; at most 1024", len(reason))
+	if len(reason) > registry.MaxReasonBytes {
+		return usagef(inv.cmd.path, "--reason is %d bytes long; at most %d", len(reason), registry.MaxReasonBytes)
 	}
 	body := struct {
 		Reason string `json:"reason,omitempty"`

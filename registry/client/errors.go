@@ -122,15 +122,8 @@ func (e *EndedError) Error() string {
 
 // Is reports whether target is the sentinel of e's Reason.
 func (e *EndedError) Is(target error) bool {
-	switch e.Reason {
-	case registry.EndKilled:
-		return target == ErrKilled
-	case registry.EndExpired:
-		return target == ErrExpired
-	case registry.EndClosed:
-		return target == ErrClosed
-	}
-	return false
+	s, ok := codeSentinels[string(e.Reason)] // the end codes are the reasons
+	return ok && s == target
 }
 
 // Unwrap returns the API answer the error was built from, or nil.
