@@ -44,6 +44,13 @@ type Config struct {
 	CompactionRetention time.Duration
 	// StartTimeout bounds how long Start waits for the member to become ready, default 60s.
 	StartTimeout time.Duration
+	// InitialCluster is etcd's initial cluster, "name=peerURL,…", used only when DataDir
+	// holds no member yet. Empty means a new single-member cluster of this member alone.
+	InitialCluster string
+	// JoinExisting starts a member that was added to a running cluster (etcd's
+	// initial-cluster-state=existing) instead of bootstrapping a new cluster. It needs
+	// InitialCluster naming every member, this one included.
+	JoinExisting bool
 	// EtcdLogger receives etcd's own logs, server and client; nil discards them. etcd still
 	// exits the process on its fatal log lines whatever the logger.
 	EtcdLogger *zap.Logger
@@ -88,6 +95,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StartTimeout <= 0 {
 		return fmt.Errorf("cluster: start timeout %s: must be positive", c.StartTimeout)
+	}
+	if c.JoinExisting && c.InitialCluster == "" {
+		return errors.New("cluster: joining an existing cluster needs the initial cluster of every member")
 	}
 	return nil
 }

@@ -18,6 +18,10 @@ var (
 		"Running http and grpc server on single port. This is not recommended for production.": true,
 		// Roster does not enable etcd authentication, so no token is issued.
 		"simple token is not cryptographically signed": true,
+		// A member that has just joined has no raft term in its backend until it applies
+		// its first entries; etcd's version monitor retries.
+		"Failed to detect schema version":  true,
+		"failed to update storage version": true,
 	}
 	// closingMessages are expected once Close has started: etcd reports its own
 	// listeners, closed by Close, as serving failures.

@@ -176,7 +176,13 @@ func embedConfig(cfg Config, elog *zap.Logger) *embed.Config {
 
 	// Bootstrap. etcd ignores these when the data dir already holds a member.
 	ec.InitialCluster = cfg.Name + "=" + peerURL.String()
+	if cfg.InitialCluster != "" {
+		ec.InitialCluster = cfg.InitialCluster
+	}
 	ec.ClusterState = embed.ClusterStateFlagNew
+	if cfg.JoinExisting {
+		ec.ClusterState = embed.ClusterStateFlagExisting
+	}
 	ec.InitialClusterToken = initialClusterToken
 
 	// Storage.
@@ -231,6 +237,19 @@ func (m *Member) report(err error) {
 	case <-m.stopc:
 	}
 }
+
+// ID returns the etcd member id.
+func (m *Member) ID() uint64 { return uint64(m.etcd.Server.MemberID()) }
+
+// ClusterID returns the id of the etcd cluster the member belongs to.
+func (m *Member) ClusterID() uint64 { return uint64(m.etcd.Server.Cluster().ID()) }
+
+// Leader returns the member id of the etcd leader this member knows, 0 when it knows
+// none (an election is running, or quorum is lost).
+func (m *Member) Leader() uint64 { return uint64(m.etcd.Server.Leader()) }
+
+// IsLearner reports whether the member is a learner (a non-voting member).
+func (m *Member) IsLearner() bool { return m.etcd.Server.IsLearner() }
 
 // Client returns the client connected to this member. Close closes it; do not close it
 // yourself.

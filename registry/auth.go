@@ -86,18 +86,37 @@ func (r *Registry) Authenticate(ctx context.Context, bearer string) (Principal, 
 	case bearer == "":
 		return Principal{}, fmt.Errorf("%w: no bearer token: send 'Authorization: Bearer <token>' (the admin token is in <data-dir>/admin.token)", ErrUnauthenticated)
 	case strings.HasPrefix(bearer, apiTokenPrefix):
-		return r.authAPIToken(ctx, bearer)
+		return r.authAPIToken(ctx, bearer, false)
 	case strings.HasPrefix(bearer, sessionTokenPrefix):
 		return r.authSessionToken(ctx, bearer)
 	}
 	return Principal{}, fmt.Errorf("%w: the bearer token is not a Roster token (API tokens start with %q, session tokens with %q)", ErrUnauthenticated, apiTokenPrefix, sessionTokenPrefix)
 }
 
-func (r *Registry) authAPIToken(ctx context.Context, tok string) (Principal, error) {
+// AuthenticateLocal is Authenticate for the endpoints an operator needs
+// most when the cluster has lost quorum, such as the etcd snapshot: it reads
+// an API token serializably, from whichever member the client reaches,
+// without the etcd leader, so it answers while no leader exists. The price:
+// a member cut off from the leader may accept a token revoked after it lost
+// contact. Session tokens are authenticated as by Authenticate.
+func (r *Registry) AuthenticateLocal(ctx context.Context, bearer string) (Principal, error) {
+	if strings.HasPrefix(bearer, apiTokenPrefix) {
+		return r.authAPIToken(ctx, bearer, true)
+	}
+	return r.Authenticate(ctx, bearer)
+}
+
+func (r *Registry) authAPIToken(ctx context.Context, tok string, serializable bool) (Principal, error) {
 	hash := hashToken(tok)
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	resp, err := r.cli.Get(cctx, tokenHashKey(hash), clientv3.WithSerializable())
+	// Linearizable unless asked otherwise: on a cluster a lagging member must
+	// not accept a token revoked a moment ago.
+	var opts []clientv3.OpOption
+	if serializable {
+		opts = append(opts, clientv3.WithSerializable())
+	}
+	resp, err := r.cli.Get(cctx, tokenHashKey(hash), opts...)
 	if err != nil {
 		return Principal{}, translate("read token", err)
 	}
@@ -189,7 +208,7 @@ func (r *Registry) EnsureAdminToken(ctx context.Context, tok string) (bool, erro
 	if !errors.Is(err, ErrTokenExists) {
 		return false, err
 	}
-	p, err := r.authAPIToken(ctx, tok)
+	p, err := r.authAPIToken(ctx, tok, false)
 	switch {
 	case err == nil:
 		return p.Name == AdminTokenName && p.Role == RoleAdmin, nil
@@ -253,6 +272,15 @@ func (r *Registry) DeleteToken(ctx context.Context, p Principal, name string) er
 		return fmt.Errorf("%w: token %q changed while it was being revoked; try again", ErrUnavailable, name)
 	}
 	return nil
+}
+
+// RequireRole returns nil when p holds an API token of one of roles, and
+// otherwise an error matching ErrPermissionDenied that says who may not do
+// what and which role it needs. what completes "may not …", e.g. "take
+// snapshots". It is for permission checks made outside the registry, such
+// as the API's cluster endpoints; session tokens never pass.
+func RequireRole(p Principal, what string, roles ...Role) error {
+	return requireRole(p, what, roles...)
 }
 
 // requireRole lets API tokens of the given roles through.

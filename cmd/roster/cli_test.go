@@ -96,6 +96,11 @@ func TestSplitWords(t *testing.T) {
 // each must exit 2 (usage) with a message naming the culprit.
 func TestCommandLineErrors(t *testing.T) {
 	id := "0193f2a1b2c3d4e5f60718293a4b5c6d"
+	existing := filepath.Join(t.TempDir(), "backup.db")
+	if err := os.WriteFile(existing, []byte("an older backup"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restore := func(flags ...string) []string { return append([]string{"snapshot", "restore", "backup.db"}, flags...) }
 	tests := []struct {
 		name       string
 		args       []string
@@ -129,6 +134,23 @@ func TestCommandLineErrors(t *testing.T) {
 			wantStderr: []string{"ROSTER_ENDPOINTS: endpoint \"ftp://x\": scheme must be http or https"},
 		},
 		{name: "flag before the command", args: []string{"--tenant", "a"}, wantStderr: []string{"unknown flag --tenant before the command"}},
+		{name: "members with an argument", args: []string{"members", "n1"}, wantStderr: []string{"members takes no arguments, got 1", "usage: roster members [flags]"}},
+		{name: "snapshot without subcommand", args: []string{"snapshot"}, wantStderr: []string{"snapshot needs a subcommand: save, restore"}},
+		{name: "save without FILE", args: []string{"snapshot", "save"}, wantStderr: []string{"snapshot save takes FILE, got 0 argument(s)"}},
+		{name: "save over a FILE", args: []string{"snapshot", "save", existing}, wantStderr: []string{existing + " exists: give --force to replace it"}},
+		{name: "restore without FILE", args: []string{"snapshot", "restore", "--data-dir", "d", "--name", "n1", "--peer-listen", "127.0.0.1:7402"},
+			wantStderr: []string{"snapshot restore takes FILE, got 0", "usage: roster snapshot restore FILE --data-dir DIR --name NAME --peer-listen HOST:PORT [flags]"}},
+		{name: "restore without --data-dir", args: restore("--name", "n1", "--peer-listen", "127.0.0.1:7402"), wantStderr: []string{"--data-dir is required"}},
+		{name: "restore without --name", args: restore("--data-dir", "d", "--peer-listen", "127.0.0.1:7402"), wantStderr: []string{"--name is required"}},
+		{name: "restore without --peer-listen", args: restore("--data-dir", "d", "--name", "n1"), wantStderr: []string{"--peer-listen is required"}},
+		{name: "restore with a bad name", args: restore("--data-dir", "d", "--name", "n/1", "--peer-listen", "127.0.0.1:7402"),
+			wantStderr: []string{`--name "n/1": character '/' not allowed`}},
+		{name: "restore on an unspecified peer address", args: restore("--data-dir", "d", "--name", "n1", "--peer-listen", "0.0.0.0:7402"),
+			wantStderr: []string{`--peer-listen "0.0.0.0:7402": host 0.0.0.0 is unspecified`}},
+		{name: "restore on a peer address without port", args: restore("--data-dir", "d", "--name", "n1", "--peer-listen", "10.0.0.1"),
+			wantStderr: []string{`--peer-listen "10.0.0.1": must be host:port`}},
+		{name: "restore with etcd and peer on one address", args: restore("--data-dir", "d", "--name", "n1", "--peer-listen", "127.0.0.1:7402", "--etcd-listen", "127.0.0.1:7402"),
+			wantStderr: []string{`--etcd-listen and --peer-listen are both "127.0.0.1:7402"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,11 +179,15 @@ func TestHelp(t *testing.T) {
 		args       []string
 		wantStdout []string
 	}{
-		{name: "help", args: []string{"help"}, wantStdout: []string{"session open", "user set TENANT/USER", "token revoke NAME", "--endpoints URLS", "Exit status"}},
+		{name: "help", args: []string{"help"}, wantStdout: []string{"session open", "user set TENANT/USER", "token revoke NAME", "--endpoints URLS", "Exit status",
+			"Cluster:\n  members ", "snapshot save FILE", "snapshot restore FILE   "}},
 		{name: "--help", args: []string{"--help"}, wantStdout: []string{"Usage:\n  roster <command>"}},
 		{name: "group", args: []string{"token", "--help"}, wantStdout: []string{"token create", "token list"}},
 		{name: "command", args: []string{"session", "open", "--help"}, wantStdout: []string{"roster session open --user USER --module MODULE [flags]", "--hold", "--label KEY=VALUE", "--token-file FILE", "exits 3"}},
 		{name: "help command", args: []string{"help", "user", "set"}, wantStdout: []string{"--right RIGHT", "bare USER means the\ntenant \"default\""}},
+		{name: "help of a one-word command", args: []string{"help", "members"}, wantStdout: []string{"roster members [flags]", "LEADER   yes on the node"}},
+		{name: "one-word command --help", args: []string{"members", "--help"}, wantStdout: []string{"roster members [flags]"}},
+		{name: "snapshot group", args: []string{"snapshot", "--help"}, wantStdout: []string{"snapshot save FILE", "snapshot restore FILE"}},
 		{name: "-h after flags", args: []string{"session", "list", "--all", "-h"}, wantStdout: []string{"--all", "follows the pages"}},
 		{name: "version", args: []string{"version"}, wantStdout: []string{"roster dev\n"}},
 		{name: "--version", args: []string{"--version"}, wantStdout: []string{"roster dev\n"}},

@@ -26,9 +26,14 @@ const (
 	session2JSON = `{"id":"0193f2a1b2c3d4e5f60718293a4b5c6e","tenant":"default","user":"bob","module":"crm","host":"",` +
 		`"pid":0,"os":"","client_kind":"ui","pool":"default","site":"","node":"n2","started_at":"2026-11-21T10:03:00Z",` +
 		`"ttl_seconds":60,"expires_in_seconds":30,"labels":{},"opened_by":"admin"}`
-	page1JSON = `{"sessions": [` + sessionJSON + `], "total": 2, "next_cursor": "c1"}`
-	page2JSON = `{"sessions":[` + session2JSON + `],"total":2,"next_cursor":""}`
-	tokenJSON = `{"name":"ops","role":"operator","created_at":"2026-11-21T10:02:00Z","token":"rt1.secret"}`
+	page1JSON   = `{"sessions": [` + sessionJSON + `], "total": 2, "next_cursor": "c1"}`
+	page2JSON   = `{"sessions":[` + session2JSON + `],"total":2,"next_cursor":""}`
+	tokenJSON   = `{"name":"ops","role":"operator","created_at":"2026-11-21T10:02:00Z","token":"rt1.secret"}`
+	membersJSON = `{"members":[{"name":"n1","site":"dc1","pool":"default","api_url":"http://10.0.0.1:7400",` +
+		`"gossip":"alive","etcd_role":"voter","leader":true,"healthy":true,"address":"10.0.0.1:7403",` +
+		`"etcd_member_id":"8e9e05c52164694d","peer_url":"http://10.0.0.1:7402"}, ` +
+		`{"name":"n2","site":"","pool":"default","api_url":"http://10.0.0.2:7400","gossip":"suspect",` +
+		`"etcd_role":"learner","leader":false,"healthy":false}]}`
 )
 
 // fakeAPI answers a few API calls with canned JSON and records every request.
@@ -37,6 +42,11 @@ type fakeAPI struct {
 	mu       sync.Mutex
 	requests []string // "METHOD /path?query token"
 	killed   bool     // heartbeats answer 410 killed
+	// snapshot is the body of GET /v1/cluster/snapshot, sent in chunks of
+	// chunk bytes (default: all at once) pace apart.
+	snapshot []byte
+	chunk    int
+	pace     time.Duration
 }
 
 func newFakeAPI(t *testing.T) *fakeAPI {
@@ -75,6 +85,25 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 		answer(http.StatusOK, page1JSON)(w, r)
 	})
 	mux.HandleFunc("POST /v1/tokens", answer(http.StatusCreated, tokenJSON))
+	mux.HandleFunc("GET /v1/cluster/members", answer(http.StatusOK, membersJSON))
+	mux.HandleFunc("GET /v1/cluster/snapshot", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		data, chunk, pace := f.snapshot, f.chunk, f.pace
+		f.mu.Unlock()
+		if chunk == 0 {
+			chunk = len(data)
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		for off := 0; off < len(data); off += chunk {
+			w.Write(data[off:min(off+chunk, len(data))])
+			w.(http.Flusher).Flush()
+			select {
+			case <-time.After(pace):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		req := r.Method + " " + r.URL.Path
@@ -113,6 +142,7 @@ func TestJSONOutputIsTheAPIs(t *testing.T) {
 		{name: "session open", args: []string{"-o", "json", "session", "open", "--user", "alice", "--module", "sales"}, want: openedJSON},
 		{name: "one page", args: []string{"session", "list", "--output=json"}, want: page1JSON},
 		{name: "token create", args: []string{"token", "create", "--role", "operator", "--name", "ops", "-ojson"}, want: tokenJSON},
+		{name: "members", args: []string{"members", "-o", "json"}, want: membersJSON},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -198,6 +228,14 @@ func TestCommandOutput(t *testing.T) {
 		{
 			name: "token create warns once", args: []string{"token", "create", "--role", "operator", "--name", "ops"},
 			wantStdout: "TOKEN    rt1.secret\n", wantStderr: []string{"only time the token is shown"},
+		},
+		{
+			name: "members", args: []string{"members"},
+			wantStdout: "" +
+				"NAME  SITE  POOL     GOSSIP   ETCD     LEADER  HEALTHY  API\n" +
+				"n1    dc1   default  alive    voter    yes     yes      http://10.0.0.1:7400\n" +
+				"n2    -     default  suspect  learner  no      no       http://10.0.0.2:7400\n",
+			wantCall: "GET /v1/cluster/members rt1.admin",
 		},
 		{
 			name: "API error", args: []string{"session", "get", "0193f2a1b2c3d4e5f60718293a4b5c6f"},

@@ -146,9 +146,9 @@ func (inv *invocation) newClient() (*client.Client, error) {
 	return client.New(cfg)
 }
 
-// do sends one API call with the client built from the global flags and
-// returns the answer's JSON unchanged.
-func (inv *invocation) do(ctx context.Context, method, path string, query url.Values, body any) ([]byte, error) {
+// apiClient returns the client built from the global flags, building it on
+// first use.
+func (inv *invocation) apiClient() (*client.Client, error) {
 	if inv.c == nil {
 		c, err := inv.newClient()
 		if err != nil {
@@ -156,12 +156,28 @@ func (inv *invocation) do(ctx context.Context, method, path string, query url.Va
 		}
 		inv.c = c
 	}
-	data, err := inv.c.Do(ctx, method, path, query, body)
+	return inv.c, nil
+}
+
+// do sends one API call with the client built from the global flags and
+// returns the answer's JSON unchanged.
+func (inv *invocation) do(ctx context.Context, method, path string, query url.Values, body any) ([]byte, error) {
+	c, err := inv.apiClient()
+	if err != nil {
+		return nil, err
+	}
+	data, err := c.Do(ctx, method, path, query, body)
+	return data, inv.hint(err)
+}
+
+// hint adds advice to an error of a call: an unauthenticated answer to a
+// call sent without a token says where a token can come from.
+func (inv *invocation) hint(err error) error {
 	if err != nil && inv.noToken && errors.Is(err, client.ErrUnauthenticated) {
-		err = &hintError{err: err, hint: "no token was given: use --token, --token-file, " + envToken + " or " + envTokenFile +
+		return &hintError{err: err, hint: "no token was given: use --token, --token-file, " + envToken + " or " + envTokenFile +
 			", or run roster in the directory that holds roster-data/"}
 	}
-	return data, err
+	return err
 }
 
 // hintError adds a line of advice to an error.

@@ -1,6 +1,7 @@
 // Command roster runs a Roster node (roster serve) and is the command-line
 // client of the Roster HTTP API (docs/api.md): it opens, lists and kills
-// sessions and manages users' rights and API tokens.
+// sessions, manages users' rights and API tokens, lists the cluster's nodes
+// and saves and restores etcd snapshots.
 package main
 
 import (
@@ -79,16 +80,25 @@ type invocation struct {
 	sessionToken string         // --session-token: used instead of the global token
 }
 
-// groups lists the command groups in the order help shows them.
-var groups = []struct{ name, title string }{
-	{"session", "Sessions"},
-	{"user", "Users and rights (the user master)"},
-	{"token", "API tokens"},
+// groups are the first words of the commands of two words, e.g. "session"
+// of "session open". A command of one word, e.g. "members", has no group.
+var groups = []string{"session", "user", "token", "snapshot"}
+
+// sections lists the sections of the command list in the order help shows
+// them; each holds the commands whose first word it names.
+var sections = []struct {
+	title string
+	words []string
+}{
+	{"Sessions", []string{"session"}},
+	{"Users and rights (the user master)", []string{"user"}},
+	{"API tokens", []string{"token"}},
+	{"Cluster", []string{"members", "snapshot"}},
 }
 
 // commands returns the command tree's leaves.
 func commands() []*command {
-	return slices.Concat(sessionCommands(), userCommands(), tokenCommands())
+	return slices.Concat(sessionCommands(), userCommands(), tokenCommands(), clusterCommands())
 }
 
 func findCommand(path string) *command {
@@ -154,6 +164,9 @@ func dispatch(ctx context.Context, words, rest []string, e *cliEnv) error {
 		fmt.Fprintf(e.stdout, "roster %s\n", version)
 		return nil
 	}
+	if cmd := findCommand(words[0]); cmd != nil {
+		return runCommand(ctx, cmd, append(rest, words[1:]...), e)
+	}
 	if !isGroup(words[0]) {
 		return usagef("", "unknown command %q", words[0])
 	}
@@ -170,7 +183,13 @@ func dispatch(ctx context.Context, words, rest []string, e *cliEnv) error {
 	}
 	// Words past the command are its positional arguments; give them back
 	// to the flag parser in their place.
-	inv, act, err := parseCommand(cmd, append(rest, words[2:]...), e)
+	return runCommand(ctx, cmd, append(rest, words[2:]...), e)
+}
+
+// runCommand parses args (everything but the command words) and runs cmd,
+// or shows its help.
+func runCommand(ctx context.Context, cmd *command, args []string, e *cliEnv) error {
+	inv, act, err := parseCommand(cmd, args, e)
 	if errors.Is(err, pflag.ErrHelp) {
 		writeCommandUsage(e.stdout, cmd)
 		return nil
@@ -194,7 +213,7 @@ func parseCommand(cmd *command, args []string, e *cliEnv) (*invocation, action, 
 	if fs.NArg() != cmd.nargs {
 		want := "no arguments"
 		if cmd.nargs > 0 {
-			want = cmd.args
+			want = positional(cmd)
 		}
 		return nil, nil, usagef(cmd.path, "%s takes %s, got %d argument(s)", cmd.path, want, fs.NArg())
 	}
@@ -282,9 +301,7 @@ func hasHelpFlag(args []string) bool {
 	return false
 }
 
-func isGroup(name string) bool {
-	return slices.ContainsFunc(groups, func(g struct{ name, title string }) bool { return g.name == name })
-}
+func isGroup(name string) bool { return slices.Contains(groups, name) }
 
 func subcommands(group string) []string {
 	var subs []string
@@ -302,6 +319,8 @@ func runHelp(words []string, e *cliEnv) error {
 		writeRootUsage(e.stdout)
 	case len(words) == 1 && isGroup(words[0]):
 		writeGroupUsage(e.stdout, words[0])
+	case len(words) == 1 && findCommand(words[0]) != nil:
+		writeCommandUsage(e.stdout, findCommand(words[0]))
 	case len(words) == 1 && words[0] == "serve":
 		fmt.Fprintln(e.stdout, "Run 'roster serve --help' for the node's flags.")
 	case len(words) == 1 && (words[0] == "version" || words[0] == "help"):
@@ -367,10 +386,10 @@ Usage:
 Node:
 `)
 	fmt.Fprint(w, line("serve", "run a node (roster serve --help lists its flags)"))
-	for _, g := range groups {
-		fmt.Fprintf(w, "\n%s:\n", g.title)
+	for _, sec := range sections {
+		fmt.Fprintf(w, "\n%s:\n", sec.title)
 		for _, c := range commands() {
-			if group, _, _ := strings.Cut(c.path, " "); group == g.name {
+			if first, _, _ := strings.Cut(c.path, " "); slices.Contains(sec.words, first) {
 				fmt.Fprint(w, line(listName(c), c.summary))
 			}
 		}
@@ -387,9 +406,15 @@ Node:
 // positional arguments.
 func listName(c *command) string {
 	if c.nargs > 0 {
-		return c.path + " " + c.args
+		return c.path + " " + positional(c)
 	}
 	return c.path
+}
+
+// positional is the synopsis of c's positional arguments: the first nargs
+// words of its args, which may go on to name required flags.
+func positional(c *command) string {
+	return strings.Join(strings.Fields(c.args)[:c.nargs], " ")
 }
 
 // globalNotes explains the token sources and exit statuses.

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/roster-dev/roster/cluster"
 	"github.com/roster-dev/roster/registry"
 )
 
@@ -80,6 +81,43 @@ func renderTokens(w io.Writer, tokens []registry.TokenInfo) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", cell(t.Name), cell(string(t.Role)), formatTime(t.CreatedAt))
 	}
 	tw.Flush()
+}
+
+// renderMembers prints the cluster's nodes as a table, one row each, header
+// first.
+func renderMembers(w io.Writer, members []cluster.MemberStatus) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "NAME\tSITE\tPOOL\tGOSSIP\tETCD\tLEADER\tHEALTHY\tAPI")
+	for _, m := range members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			cell(m.Name), cell(m.Site), cell(m.Pool), cell(m.Gossip), cell(m.EtcdRole),
+			yesNo(m.Leader), yesNo(m.Healthy), cell(m.APIURL))
+	}
+	tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// formatBytes shows a size in bytes, KiB, MiB or GiB, with one decimal
+// above bytes: 512 B, 1.5 KiB, 24.1 MiB.
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, suffix := float64(n)/unit, "KiB"
+	for _, s := range []string{"MiB", "GiB", "TiB"} {
+		if v < unit {
+			break
+		}
+		v, suffix = v/unit, s
+	}
+	return fmt.Sprintf("%.1f %s", v, suffix)
 }
 
 // cell shows an empty value as "-" so that columns stay countable, and

@@ -148,3 +148,23 @@ func TestFormatSeconds(t *testing.T) {
 		})
 	}
 }
+
+func TestFormatBytes(t *testing.T) {
+	tests := []struct {
+		name string
+		n    int64
+		want string
+	}{
+		{name: "bytes", n: 1023, want: "1023 B"},
+		{name: "KiB", n: 1536, want: "1.5 KiB"},
+		{name: "MiB", n: 25264128, want: "24.1 MiB"},
+		{name: "GiB", n: 4 << 30, want: "4.0 GiB"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := formatBytes(tt.n); got != tt.want {
+				t.Errorf("formatBytes(%d) = %q, want %q", tt.n, got, tt.want)
+			}
+		})
+	}
+}

@@ -30,6 +30,11 @@ const readyLine = "roster node ready"
 
 type serveFlags struct {
 	name, dataDir, listen, etcdListen, peerListen string
+	apiURL, gossipListen, gossipAdvertise         string
+	join, etcdEndpoints                           []string
+	bootstrap, leave                              bool
+	bootstrapExpect, voters                       int
+	deadAfter                                     time.Duration
 	site, pool, logLevel                          string
 	defaultTTL, minTTL, maxTTL, tombstoneTTL      time.Duration
 	etcdQuota                                     int64
@@ -49,7 +54,17 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.StringVar(&f.listen, "listen", "127.0.0.1:7400", "address of the HTTP API")
 	fs.StringVar(&f.etcdListen, "etcd-listen", "127.0.0.1:7401", "address etcd serves its clients on")
 	fs.StringVar(&f.peerListen, "peer-listen", "127.0.0.1:7402", "address etcd serves its peers on")
-	fs.StringVar(&f.site, "site", "", "site (data centre) of this node, recorded in its sessions")
+	fs.StringVar(&f.apiURL, "api-url", "", "API URL other nodes and 'roster members' show (default http://<listen>)")
+	fs.StringVar(&f.gossipListen, "gossip-listen", cluster.DefaultGossipListen, "address gossip listens on (TCP and UDP)")
+	fs.StringVar(&f.gossipAdvertise, "gossip-advertise", "", "gossip address other nodes reach this node at (default: --gossip-listen)")
+	fs.StringSliceVar(&f.join, "join", nil, "comma-separated gossip addresses of other nodes to join")
+	fs.BoolVar(&f.bootstrap, "bootstrap", false, "start a new cluster with this node alone (first node)")
+	fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 0, "wait for this many new nodes to gossip, then the lowest name starts the cluster")
+	fs.IntVar(&f.voters, "voters", cluster.DefaultVoters, "number of etcd voters the cluster keeps (1-7); one more node is a standby learner")
+	fs.DurationVar(&f.deadAfter, "dead-after", cluster.DefaultDeadAfter, "how long a node must be dead before its etcd member is removed")
+	fs.BoolVar(&f.leave, "leave", false, "on SIGTERM remove this node from etcd and gossip (a restart then joins as a new member)")
+	fs.StringSliceVar(&f.etcdEndpoints, "etcd-endpoints", nil, "comma-separated client URLs of an external etcd cluster: run no embedded member")
+	fs.StringVar(&f.site, "site", "", "site (data centre) of this node; voters are spread across sites")
 	fs.StringVar(&f.pool, "pool", "default", "pool of sessions opened through this node unless they name one")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&f.defaultTTL, "default-ttl", 60*time.Second, "TTL of a session that names none")
@@ -59,7 +74,7 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.Int64Var(&f.etcdQuota, "etcd-quota-bytes", cluster.DefaultQuotaBytes, "etcd backend quota in bytes")
 	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: roster serve [flags]\n\nRuns a Roster node: an embedded etcd member and the HTTP API.\nEvery flag can also be set as ROSTER_<FLAG> (e.g. ROSTER_DATA_DIR).\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: roster serve [flags]\n\nRuns a Roster node: gossip, an embedded etcd member it manages with the other nodes\n(or a client of an external etcd with --etcd-endpoints), and the HTTP API.\nWith an empty data dir and neither --join nor --bootstrap-expect the node starts a\ncluster of its own.\nEvery flag can also be set as ROSTER_<FLAG> (e.g. ROSTER_DATA_DIR).\n\nFlags:\n%s", fs.FlagUsages())
 	}
 	return fs, f
 }
@@ -120,11 +135,21 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	ccfg := cluster.DefaultConfig()
-	ccfg.Name, ccfg.DataDir = f.name, filepath.Join(f.dataDir, "etcd")
-	ccfg.ClientListen, ccfg.PeerListen = f.etcdListen, f.peerListen
-	ccfg.QuotaBytes, ccfg.CompactionRetention = f.etcdQuota, f.etcdCompaction
+	apiURL := f.apiURL
+	if apiURL == "" {
+		apiURL = "http://" + f.listen
+	}
+	ccfg := cluster.DefaultNodeConfig()
+	ccfg.DataDir = f.dataDir
+	ccfg.Member.Name = f.name
+	ccfg.Member.ClientListen, ccfg.Member.PeerListen = f.etcdListen, f.peerListen
+	ccfg.Member.QuotaBytes, ccfg.Member.CompactionRetention = f.etcdQuota, f.etcdCompaction
+	ccfg.Gossip.Name, ccfg.Gossip.Listen, ccfg.Gossip.Advertise, ccfg.Gossip.Join = f.name, f.gossipListen, f.gossipAdvertise, f.join
+	ccfg.Site, ccfg.Pool, ccfg.APIURL = f.site, f.pool, apiURL
+	ccfg.Bootstrap, ccfg.BootstrapExpect, ccfg.Voters, ccfg.DeadAfter = f.bootstrap, f.bootstrapExpect, f.voters, f.deadAfter
+	ccfg.EtcdEndpoints = f.etcdEndpoints
 	ccfg.EtcdLogger, ccfg.Logger = etcdLog, log.With("component", "cluster")
+	ccfg.Gossip.Logger = log.With("component", "gossip")
 	rcfg := registry.DefaultConfig()
 	rcfg.Node, rcfg.Site, rcfg.Pool = f.name, f.site, f.pool
 	rcfg.DefaultTTL, rcfg.MinTTL, rcfg.MaxTTL, rcfg.TombstoneTTL = f.defaultTTL, f.minTTL, f.maxTTL, f.tombstoneTTL
@@ -141,13 +166,14 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	}
 	defer ln.Close()
 
-	// Start order: etcd member, registry, API. Stop order is the reverse.
-	member, err := cluster.Start(ctx, ccfg)
+	// Start order: cluster node, registry, API. Stop order is the reverse; with --leave
+	// the node leaves the cluster once the API and the registry have stopped.
+	node, err := cluster.StartNode(ctx, ccfg)
 	if err != nil {
 		return err
 	}
-	defer member.Close()
-	rcfg.Client = member.Client()
+	defer node.Close()
+	rcfg.Client = node.Client()
 	reg, err := registry.New(rcfg)
 	if err != nil {
 		return err
@@ -161,7 +187,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	}
 
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Registry: reg, Node: f.name, Logger: log.With("component", "api")}),
+		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Node: f.name, Logger: log.With("component", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// A request body (at most 1 MiB) must arrive within this; a
 		// client that trickles it does not hold a connection longer.
@@ -178,7 +204,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	})
 	g.Go(func() error {
 		select {
-		case err := <-member.Err():
+		case err := <-node.Err():
 			return fmt.Errorf("etcd member failed: %w", err)
 		case <-gctx.Done():
 			return nil
@@ -191,9 +217,18 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
-	log.Info(readyLine, "name", f.name, "api-url", "http://"+ln.Addr().String(), "etcd-url", member.ClientURL(),
+	log.Info(readyLine, "name", f.name, "api-url", apiURL, "etcd-role", node.Role(),
 		"data-dir", f.dataDir, "took", time.Since(begin).Round(time.Millisecond))
 	err = g.Wait()
+	if err == nil && f.leave {
+		reg.Close()
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+		err = node.Leave(lctx)
+		cancel()
+		if err == nil {
+			log.Info("left the cluster")
+		}
+	}
 	if err == nil {
 		log.Info("roster node stopped")
 	}
@@ -227,7 +262,7 @@ func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir strin
 	}
 	if !ok {
 		os.Remove(pending)
-		log.Warn("no admin token file and the cluster has an admin token already; use a token you have, or 'roster token create --role admin'", "path", path)
+		log.Info("the cluster has an admin token already, so this node writes none; use the admin.token of the first node, or 'roster token create --role admin'", "path", path)
 		return nil
 	}
 	if err := os.Rename(pending, path); err != nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,13 +23,17 @@ const MaxBodyBytes = 1 << 20
 type Config struct {
 	Registry *registry.Registry // required
 	Node     string             // this node's name, shown by /healthz and /readyz
-	Logger   *slog.Logger       // nil discards
+	// Cluster serves the /v1/cluster endpoints; nil makes them answer 503
+	// unavailable.
+	Cluster Cluster
+	Logger  *slog.Logger // nil discards
 }
 
 type server struct {
-	reg  *registry.Registry
-	node string
-	log  *slog.Logger
+	reg     *registry.Registry
+	node    string
+	cluster Cluster
+	log     *slog.Logger
 }
 
 // New returns the API's http.Handler.
@@ -37,7 +42,7 @@ func New(cfg Config) http.Handler {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &server{reg: cfg.Registry, node: cfg.Node, log: log}
+	s := &server{reg: cfg.Registry, node: cfg.Node, cluster: cfg.Cluster, log: log}
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.HandleFunc(rt.Pattern, rt.handler)
@@ -73,6 +78,8 @@ func (s *server) routes() []Route {
 		{"POST /v1/tokens", s.authed(s.createToken)},
 		{"GET /v1/tokens", s.authed(s.listTokens)},
 		{"DELETE /v1/tokens/{name}", s.authed(s.deleteToken)},
+		{"GET /v1/cluster/members", s.authedLocal(s.listMembers)},
+		{"GET /v1/cluster/snapshot", s.authedLocal(s.snapshot)},
 	}
 }
 
@@ -136,6 +143,11 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 			s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
 		}
 		writeError(w, e.status, code, msg)
+		return
+	}
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		// The client went away (gave up, or moved to another node): nothing failed here.
+		s.log.Debug("request abandoned by the client", "method", r.Method, "path", r.URL.Path)
 		return
 	}
 	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
@@ -202,6 +214,17 @@ type handler func(w http.ResponseWriter, r *http.Request, p registry.Principal)
 
 // authed authenticates the bearer token before h runs.
 func (s *server) authed(h handler) http.HandlerFunc {
+	return s.authedBy(s.reg.Authenticate, h)
+}
+
+// authedLocal is authed for the cluster endpoints, which must answer when
+// the cluster has lost quorum: it checks API tokens without the etcd leader
+// (registry.AuthenticateLocal).
+func (s *server) authedLocal(h handler) http.HandlerFunc {
+	return s.authedBy(s.reg.AuthenticateLocal, h)
+}
+
+func (s *server) authedBy(authenticate func(context.Context, string) (registry.Principal, error), h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		auth := r.Header.Get("Authorization")
 		token, ok := strings.CutPrefix(auth, "Bearer ")
@@ -209,7 +232,7 @@ func (s *server) authed(h handler) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "unauthenticated", "the Authorization header must be 'Bearer <token>'")
 			return
 		}
-		p, err := s.reg.Authenticate(r.Context(), strings.TrimSpace(token))
+		p, err := authenticate(r.Context(), strings.TrimSpace(token))
 		if err != nil {
 			s.log.Debug("authentication failed", "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
 			s.fail(w, r, err)
@@ -226,6 +249,9 @@ func query(r *http.Request, allowed ...string) (url.Values, error) {
 		ok := false
 		for _, a := range allowed {
 			ok = ok || k == a
+		}
+		if !ok && len(allowed) == 0 {
+			return nil, &registry.FieldError{Field: k, Problem: "is not a query parameter here; this endpoint takes none"}
 		}
 		if !ok {
 			return nil, &registry.FieldError{Field: k, Problem: fmt.Sprintf("is not a query parameter here; allowed: %s", strings.Join(allowed, ", "))}

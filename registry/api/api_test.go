@@ -99,11 +99,17 @@ func (a answer) message() string {
 // call sends a request with a raw body (nil for none) and a token.
 func call(t testing.TB, method, path, token string, body []byte) answer {
 	t.Helper()
+	return callAt(t, srv.URL, method, path, token, body)
+}
+
+// callAt is call to the API served at base.
+func callAt(t testing.TB, base, method, path, token string, body []byte) answer {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequest(method, srv.URL+path, rd)
+	req, err := http.NewRequest(method, base+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}

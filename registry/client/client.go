@@ -203,24 +203,9 @@ func (c *Client) attempt(ctx context.Context, ep string, r call, payload []byte)
 		ctx, cancel = context.WithTimeout(ctx, r.attemptTimeout)
 		defer cancel()
 	}
-	u := ep + r.path
-	if len(r.query) > 0 {
-		u += "?" + r.query.Encode()
-	}
-	var body io.Reader
-	if payload != nil {
-		body = bytes.NewReader(payload)
-	}
-	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
+	req, err := newRequest(ctx, ep, r, payload)
 	if err != nil {
 		return nil, 0, err
-	}
-	req.Header.Set("Accept", "application/json")
-	if payload != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if r.token != "" {
-		req.Header.Set("Authorization", "Bearer "+r.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -235,6 +220,30 @@ func (c *Client) attempt(ctx context.Context, ep string, r call, payload []byte)
 		return nil, 0, fmt.Errorf("answer larger than %d bytes", maxAnswer)
 	}
 	return data, resp.StatusCode, nil
+}
+
+// newRequest builds the request of call r to endpoint ep.
+func newRequest(ctx context.Context, ep string, r call, payload []byte) (*http.Request, error) {
+	u := ep + r.path
+	if len(r.query) > 0 {
+		u += "?" + r.query.Encode()
+	}
+	var body io.Reader
+	if payload != nil {
+		body = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if r.token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	return req, nil
 }
 
 func encodeBody(body any) ([]byte, error) {

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http/httptest"
 	"os"
 	"sync"
@@ -64,9 +65,27 @@ func startNode() (*realNode, error) {
 		n.Close()
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
-	n.srv = httptest.NewServer(api.New(api.Config{Registry: n.Registry, Node: "n1"}))
+	n.srv = httptest.NewServer(api.New(api.Config{Registry: n.Registry, Node: "n1", Cluster: memberCluster{n.member}}))
 	n.URL = n.srv.URL
 	return n, nil
+}
+
+// memberCluster serves the API's cluster endpoints from the node's one
+// member: the snapshot is etcd's own, the member list a single row.
+type memberCluster struct{ m *cluster.Member }
+
+func (c memberCluster) Members(ctx context.Context) ([]cluster.MemberStatus, error) {
+	return []cluster.MemberStatus{{Name: "n1", Gossip: cluster.GossipAlive, EtcdRole: cluster.RoleVoter, Leader: true, Healthy: true}}, nil
+}
+
+func (c memberCluster) Snapshot(ctx context.Context, w io.Writer) error {
+	rc, err := c.m.Client().Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = io.Copy(w, rc)
+	return err
 }
 
 // Close stops the API, the registry and etcd, in that order.
