@@ -38,6 +38,9 @@ type NodeMeta struct {
 	Want bool
 	// Healthy reports that the node serves: its last read of the cluster succeeded.
 	Healthy bool
+	// Bootstrapping reports that the node is starting a new cluster: no other node may
+	// bootstrap beside it.
+	Bootstrapping bool
 }
 
 // wireMeta is the encoding of NodeMeta. Leaving is not part of NodeMeta: Gossip.Leave
@@ -58,6 +61,7 @@ type wireMeta struct {
 	Want      bool   `json:"w,omitempty"`
 	Healthy   bool   `json:"h,omitempty"`
 	Leaving   bool   `json:"l,omitempty"`
+	Boot      bool   `json:"b,omitempty"`
 }
 
 // Encode returns m as gossip carries it. It fails when the encoding is longer than
@@ -82,6 +86,7 @@ func encodeMeta(m NodeMeta, leaving bool) ([]byte, error) {
 		Want:      m.Want,
 		Healthy:   m.Healthy,
 		Leaving:   leaving,
+		Boot:      m.Bootstrapping,
 	})
 	if err != nil {
 		// Only strings, bools and an int: Marshal cannot fail.
@@ -111,17 +116,18 @@ func decodeMeta(b []byte) (NodeMeta, bool, error) {
 		return NodeMeta{}, false, fmt.Errorf("cluster: decode node meta %.64q: %w", b, err)
 	}
 	return NodeMeta{
-		Site:      w.Site,
-		Pool:      w.Pool,
-		API:       w.API,
-		Peer:      w.Peer,
-		Client:    w.Client,
-		ClusterID: w.ClusterID,
-		MemberID:  w.MemberID,
-		Role:      w.Role,
-		Empty:     w.Empty,
-		Expect:    w.Expect,
-		Want:      w.Want,
-		Healthy:   w.Healthy,
+		Site:          w.Site,
+		Pool:          w.Pool,
+		API:           w.API,
+		Peer:          w.Peer,
+		Client:        w.Client,
+		ClusterID:     w.ClusterID,
+		MemberID:      w.MemberID,
+		Role:          w.Role,
+		Empty:         w.Empty,
+		Expect:        w.Expect,
+		Want:          w.Want,
+		Healthy:       w.Healthy,
+		Bootstrapping: w.Boot,
 	}, w.Leaving, nil
 }

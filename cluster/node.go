@@ -35,16 +35,19 @@ const (
 	// settle is how long the set of bootstrap candidates must stay the same before the
 	// lowest name bootstraps, so that two partial views cannot both bootstrap.
 	settle = 2 * time.Second
-	// staleAdd is how long a learner added for a node may stay unstarted while no node
-	// asks for it before the leader removes it again.
-	staleAdd = time.Minute
+	// staleAdd is how long a learner added for a node may stay unstarted while no alive
+	// node claims it before the leader removes it again.
+	staleAdd = 2 * time.Minute
 	// noLeaderAlarm is how long a member may see no etcd leader before the node logs that
 	// quorum is lost; the log repeats every noLeaderRepeat.
 	noLeaderAlarm  = 5 * time.Second
 	noLeaderRepeat = 30 * time.Second
 	// restartLookup bounds how long a node restarting on its data dir looks for the
 	// running cluster to learn whether its member was removed meanwhile.
-	restartLookup = 5 * time.Second
+	restartLookup = 12 * time.Second
+	// bootstrapWait is how long a node with Bootstrap and Join addresses first looks for
+	// peers, so that it never starts a cluster beside one it has not heard of yet.
+	bootstrapWait = 10 * time.Second
 	// stateFile, in the node's data dir, remembers which cluster and member the data in
 	// <data dir>/etcd belongs to.
 	stateFile = "cluster.json"
@@ -167,6 +170,8 @@ type Node struct {
 	noLeaderSince  time.Time
 	noLeaderLogged time.Time
 	leaving        bool
+	bootstrapped   bool // this node started the cluster
+	joining        uint64 // the member id this node is starting, 0 when none
 	looping        bool // loop runs; set before it starts, read by Close
 
 	errc      chan error
@@ -268,6 +273,13 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	if how == "bootstrap" {
+		// Say so first: a candidate that appears now must not bootstrap a second cluster.
+		meta := n.gossip.Meta()
+		meta.Bootstrapping, meta.Empty = true, false
+		if err := n.gossip.SetMeta(meta); err != nil {
+			return err
+		}
+		n.bootstrapped = true
 		return n.startMember(ctx, Config{}, "bootstrap")
 	}
 	return n.connect(ctx, voters, RoleNone)
@@ -343,6 +355,7 @@ func (n *Node) waitForCluster(ctx context.Context) (string, []string, error) {
 	cfg := &n.cfg
 	var stableSet string
 	var stableSince, lastLog time.Time
+	begin := time.Now()
 	for {
 		peers := n.gossip.Peers()
 		var voters, candidates []string
@@ -352,7 +365,7 @@ func (n *Node) waitForCluster(ctx context.Context) (string, []string, error) {
 			if p.State != GossipAlive {
 				continue
 			}
-			if !p.Self && p.Meta.ClusterID != "" {
+			if !p.Self && (p.Meta.ClusterID != "" || p.Meta.Bootstrapping) {
 				clusterSeen = p.Name
 				if p.Meta.Role == RoleVoter && p.Meta.Client != "" {
 					voters = append(voters, p.Meta.Client)
@@ -374,6 +387,9 @@ func (n *Node) waitForCluster(ctx context.Context) (string, []string, error) {
 				n.log.Info("waiting for a voter of the cluster node " + clusterSeen + " belongs to")
 				lastLog = now
 			}
+		case cfg.Bootstrap && len(cfg.Gossip.Join) > 0 && now.Sub(begin) < bootstrapWait:
+			// Give gossip time to reach the join addresses: a running cluster there
+			// must be joined, not doubled.
 		case cfg.Bootstrap || (cfg.BootstrapExpect == 0 && len(cfg.Gossip.Join) == 0):
 			return "bootstrap", nil, nil
 		case cfg.BootstrapExpect > 0 && len(candidates) >= cfg.BootstrapExpect:
@@ -396,6 +412,7 @@ func (n *Node) waitForCluster(ctx context.Context) (string, []string, error) {
 				}
 			}
 		default:
+			stableSet = ""
 			if now.Sub(lastLog) > 15*time.Second {
 				if cfg.BootstrapExpect > 0 {
 					n.log.Info(fmt.Sprintf("waiting for bootstrap candidates: %d of %d gossip", len(candidates), cfg.BootstrapExpect),
@@ -544,6 +561,9 @@ func (n *Node) Client() *clientv3.Client { return n.client }
 // cluster, which the node handles by rejoining as a new member).
 func (n *Node) Err() <-chan error { return n.errc }
 
+// Bootstrapped reports whether this node started a new cluster when it started.
+func (n *Node) Bootstrapped() bool { return n.bootstrapped }
+
 // Role returns the node's etcd role: RoleVoter, RoleLearner, RoleNone or RoleExternal.
 func (n *Node) Role() string {
 	n.mu.Lock()
@@ -644,10 +664,12 @@ func (n *Node) syncMembership(pbMembers []*etcdMember) []*memberInfo {
 	n.mu.Lock()
 	role := RoleNone
 	if n.member != nil {
-		role = RoleVoter
 		for _, m := range members {
-			if m.id == n.member.ID() && m.learner {
-				role = RoleLearner
+			if m.id == n.member.ID() {
+				role = RoleVoter
+				if m.learner {
+					role = RoleLearner
+				}
 			}
 		}
 	}
@@ -681,6 +703,10 @@ func (n *Node) publish() {
 	if n.member != nil {
 		meta.Client = n.member.ClientURL()
 		meta.MemberID = idString(n.member.ID())
+	} else if n.joining != 0 {
+		// Starting the member the leader added: claim it, so the leader neither takes
+		// it for an old incarnation nor removes it as never started.
+		meta.MemberID = idString(n.joining)
 	} else if !n.cfg.external() && !n.leaving {
 		meta.Want = true
 		meta.Empty = true
@@ -728,12 +754,31 @@ func (n *Node) maybeStartLearner(members []*memberInfo) {
 		}
 	}()
 	n.log.Info("the etcd leader added this node as a learner; starting its member", "member-id", idString(mine.id))
-	if err := n.startMember(ctx, Config{InitialCluster: strings.Join(initial, ","), JoinExisting: true}, "join"); err != nil {
-		n.log.Error("cannot start the etcd member the leader added; the leader removes it again and the node retries", "error", err)
-		// A half-started member may have written data: move it aside so the retry
-		// starts clean.
-		if _, err := n.moveAside("failed"); err != nil {
-			n.log.Error("cannot move the failed member's data aside", "error", err)
+	n.mu.Lock()
+	n.joining = mine.id
+	n.mu.Unlock()
+	n.publish()
+	// Written before the start: a node killed while catching up knows on restart which
+	// member its data belongs to.
+	err := n.writeState(nodeState{ClusterID: idString(n.clusterID), MemberID: idString(mine.id), Name: n.cfg.Member.Name})
+	if err == nil {
+		err = n.startMember(ctx, Config{InitialCluster: strings.Join(initial, ","), JoinExisting: true}, "join")
+	}
+	n.mu.Lock()
+	n.joining = 0
+	n.mu.Unlock()
+	if err != nil {
+		// Never start this member id again on an empty log (raft would panic on the
+		// leader's commit index): remove it, drop the partial data, and ask anew.
+		n.log.Error("cannot start the etcd member the leader added; removing it and asking again", "member-id", idString(mine.id), "error", err)
+		rctx, rcancel := n.ctx()
+		if _, rerr := n.client.MemberRemove(rctx, mine.id); rerr != nil {
+			n.log.Warn("cannot remove the member that failed to start; the leader removes it later", "member-id", idString(mine.id), "error", rerr)
+		}
+		rcancel()
+		os.Remove(filepath.Join(n.cfg.DataDir, stateFile))
+		if rerr := os.RemoveAll(n.cfg.Member.DataDir); rerr != nil {
+			n.log.Error("cannot remove the failed member's data", "dir", n.cfg.Member.DataDir, "error", rerr)
 		}
 	}
 	n.publish()
@@ -760,6 +805,7 @@ func (n *Node) memberStopped(err error) {
 		}
 		n.log.Warn("this node's etcd member was removed from the cluster; the node keeps serving as a client of the voters and asks to join as a new member",
 			"member-id", idString(m.ID()))
+		n.avoid(m.ClientURL())
 		n.mu.Lock()
 		n.member = nil
 		n.role = RoleNone
@@ -774,6 +820,20 @@ func (n *Node) memberStopped(err error) {
 		return
 	}
 	n.fail(err)
+}
+
+// avoid moves the client off url, the local member's that is about to close, so that
+// no stream of the client holds up the member's close.
+func (n *Node) avoid(url string) {
+	n.mu.Lock()
+	eps := slices.DeleteFunc(slices.Clone(n.endpoints), func(e string) bool { return e == url })
+	if len(eps) > 0 {
+		n.endpoints = eps
+	}
+	n.mu.Unlock()
+	if len(eps) > 0 {
+		n.client.SetEndpoints(eps...)
+	}
 }
 
 func (n *Node) fail(err error) {
@@ -842,6 +902,7 @@ func (n *Node) Leave(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("cluster: remove member %s: %w", idString(id), err))
 		} else {
 			n.log.Info("removed this node's etcd member from the cluster", "member-id", idString(id))
+			n.avoid(m.ClientURL())
 			n.mu.Lock()
 			n.member = nil
 			n.mu.Unlock()

@@ -174,8 +174,8 @@ func (n *Node) reconcile(ctx context.Context, members []*memberInfo, self uint64
 		switch {
 		case v.replaced:
 			why = "its node came back as a new incarnation"
-		case !v.started() && now.Sub(n.unstartedSince[v.id]) >= staleAdd:
-			why = "the learner was added " + staleAdd.String() + " ago and never started"
+		case !v.started() && !v.alive && now.Sub(n.unstartedSince[v.id]) >= staleAdd:
+			why = "the learner was added " + staleAdd.String() + " ago and no node started it"
 		case v.started() && !v.alive && now.Sub(n.downSince[v.id]) >= n.cfg.DeadAfter:
 			why = "its node has been down for " + now.Sub(n.downSince[v.id]).Round(time.Second).String()
 		}
@@ -234,30 +234,7 @@ func (n *Node) reconcile(ctx context.Context, members []*memberInfo, self uint64
 		return
 	}
 
-	// 4. A site holding a majority of the voters gives a vote to a learner elsewhere:
-	// promote the learner now, step 2 removes a voter of the crowded site next.
-	if voters == target && healthyVoters == voters && voters > 1 {
-		crowded, most := "", 0
-		for site, c := range votersInSite {
-			if c > most || (c == most && site < crowded) {
-				crowded, most = site, c
-			}
-		}
-		if most*2 > voters {
-			for _, v := range ready {
-				if v.site != crowded && votersInSite[v.site]+1 < most {
-					n.promote(ctx, v, "site "+crowded+" holds a majority of the voters")
-					return
-				}
-			}
-		}
-	}
-
-	// 5. Add a learner for a node that asks, up to the target plus one standby. etcd allows
-	// one learner at a time by default: the standby, or the one catching up to be promoted.
-	if unstarted > 0 || learners > 0 || voters > target {
-		return
-	}
+	// Nodes that ask for a member and have none.
 	clusterID := idString(n.clusterID)
 	var cands []Peer
 	for _, p := range peers {
@@ -276,6 +253,46 @@ func (n *Node) reconcile(ctx context.Context, members []*memberInfo, self uint64
 		if !taken {
 			cands = append(cands, p)
 		}
+	}
+
+	// 4. A site holding a majority of the voters gives a vote away: to a learner
+	// elsewhere (promoted now; step 2 removes a voter of the crowded site next), or, when
+	// the standby sits in the crowded site too, to a node elsewhere that asks for a
+	// member (the standby is removed now; step 5 adds that node next).
+	if voters == target && healthyVoters == voters && voters > 1 {
+		crowded, most := "", 0
+		for site, c := range votersInSite {
+			if c > most || (c == most && site < crowded) {
+				crowded, most = site, c
+			}
+		}
+		if most*2 > voters {
+			for _, v := range ready {
+				if v.site != crowded && votersInSite[v.site]+1 < most {
+					n.promote(ctx, v, "site "+crowded+" holds a majority of the voters")
+					return
+				}
+			}
+			better := slices.ContainsFunc(cands, func(p Peer) bool {
+				return p.Meta.Site != crowded && votersInSite[p.Meta.Site]+1 < most
+			})
+			for _, v := range views {
+				if better && v.learner && v.site == crowded {
+					n.change(ctx, "removed standby learner "+v.name+": a node in another site can take the vote site "+crowded+" holds too many of",
+						v.memberInfo, func() error {
+							_, err := n.client.MemberRemove(ctx, v.id)
+							return err
+						})
+					return
+				}
+			}
+		}
+	}
+
+	// 5. Add a learner for a node that asks, up to the target plus one standby. etcd allows
+	// one learner at a time by default: the standby, or the one catching up to be promoted.
+	if unstarted > 0 || learners > 0 || voters > target {
+		return
 	}
 	if len(cands) == 0 {
 		return

@@ -56,7 +56,7 @@ func TestEnsureAdminToken(t *testing.T) {
 
 	t.Run("first start", func(t *testing.T) {
 		r, dir := newReg(), t.TempDir()
-		if err := ensureAdminToken(ctx, r, dir, log); err != nil {
+		if err := ensureAdminToken(ctx, r, dir, true, log); err != nil {
 			t.Fatal(err)
 		}
 		tok := readToken(dir)
@@ -64,7 +64,7 @@ func TestEnsureAdminToken(t *testing.T) {
 			t.Fatal("the written token is not an admin token")
 		}
 		// A restart keeps it and writes no other.
-		if err := ensureAdminToken(ctx, r, dir, log); err != nil || readToken(dir) != tok {
+		if err := ensureAdminToken(ctx, r, dir, false, log); err != nil || readToken(dir) != tok {
 			t.Fatalf("restart changed the token: %v", err)
 		}
 	})
@@ -77,7 +77,8 @@ func TestEnsureAdminToken(t *testing.T) {
 		if ok, err := r.EnsureAdminToken(ctx, tok); !ok || err != nil {
 			t.Fatal(ok, err)
 		}
-		if err := ensureAdminToken(ctx, r, dir, log); err != nil {
+		// The restart did not bootstrap; the pending file finishes anyway.
+		if err := ensureAdminToken(ctx, r, dir, false, log); err != nil {
 			t.Fatal(err)
 		}
 		if got := readToken(dir); got != tok {
@@ -89,12 +90,26 @@ func TestEnsureAdminToken(t *testing.T) {
 		if ok, err := r.EnsureAdminToken(ctx, registry.NewAPIToken()); !ok || err != nil {
 			t.Fatal(ok, err)
 		}
-		if err := ensureAdminToken(ctx, r, dir, log); err != nil {
+		if err := ensureAdminToken(ctx, r, dir, true, log); err != nil {
 			t.Fatal(err)
 		}
 		entries, _ := os.ReadDir(dir)
 		if len(entries) != 0 {
 			t.Fatalf("files written: %v", entries)
+		}
+	})
+	t.Run("a node that joined writes none", func(t *testing.T) {
+		// Even while the cluster has no admin token yet: the node that bootstrapped
+		// writes it, whichever node reaches etcd first.
+		r, dir := newReg(), t.TempDir()
+		if err := ensureAdminToken(ctx, r, dir, false, log); err != nil {
+			t.Fatal(err)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Fatalf("files written: %v", entries)
+		}
+		if ok, err := r.EnsureAdminToken(ctx, registry.NewAPIToken()); !ok || err != nil {
+			t.Fatalf("the joining node created an admin token in the cluster: %v %v", ok, err)
 		}
 	})
 }

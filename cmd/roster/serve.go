@@ -182,7 +182,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err := reg.Start(ctx); err != nil {
 		return err
 	}
-	if err := ensureAdminToken(ctx, reg, f.dataDir, log); err != nil {
+	if err := ensureAdminToken(ctx, reg, f.dataDir, node.Bootstrapped(), log); err != nil {
 		return err
 	}
 
@@ -241,7 +241,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 // admin.token.new before it is stored in etcd, and renamed once it is: a
 // start that fails in between finishes on the next start with the same
 // secret, so the admin token is never lost.
-func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir string, log *slog.Logger) error {
+func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir string, bootstrapped bool, log *slog.Logger) error {
 	path := filepath.Join(dataDir, "admin.token")
 	pending := path + ".new"
 	if _, err := os.Stat(path); err == nil {
@@ -250,6 +250,11 @@ func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir strin
 	tok := ""
 	if b, err := os.ReadFile(pending); err == nil {
 		tok = strings.TrimSpace(string(b))
+	} else if !bootstrapped {
+		// Only the node that started the cluster writes the admin token, so that its
+		// file is where the README says, whichever node reaches etcd first.
+		log.Info("this node joined a running cluster and writes no admin token; use the admin.token of the node that started the cluster, or 'roster token create --role admin'")
+		return nil
 	} else {
 		tok = registry.NewAPIToken()
 		if err := writeSynced(pending, tok+"\n"); err != nil {
