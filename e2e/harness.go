@@ -85,46 +85,135 @@ func cleanEnv() []string {
 	return env
 }
 
-// FreeAddr returns a loopback address whose port was free a moment ago.
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// handedOut holds the ports FreeAddr and FreeGossipAddr have returned, so
+// that one test process never hands the same port to two listeners even
+// when the kernel offers it again after it was closed.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// claim records port as handed out and reports whether it was new.
+func claim(port int) bool {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports[port] {
+		return false
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	handedOut.ports[port] = true
+	return true
+}
+
+// KillWithParent makes the kernel SIGKILL cmd's process when the test
+// process dies (on Linux; elsewhere it does nothing), for helper processes
+// a test starts itself.
+func KillWithParent(cmd *exec.Cmd) { setDeathSignal(cmd) }
+
+// FreeAddr returns a loopback address whose port was free a moment ago and
+// that this process has not handed out before.
+func FreeAddr() (string, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := l.Addr().(*net.TCPAddr)
+		l.Close()
+		if claim(addr.Port) {
+			return addr.String(), nil
+		}
+	}
+	return "", errors.New("e2e: no fresh free port in 100 tries")
+}
+
+// FreeGossipAddr returns a loopback address whose port was free a moment
+// ago for both TCP and UDP, as memberlist needs both on one port.
+func FreeGossipAddr() (string, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := l.Addr().(*net.TCPAddr)
+		u, err := net.ListenPacket("udp", addr.String())
+		l.Close()
+		if err != nil {
+			continue // the UDP port is taken: try another
+		}
+		u.Close()
+		if claim(addr.Port) {
+			return addr.String(), nil
+		}
+	}
+	return "", errors.New("e2e: no port free for both TCP and UDP in 100 tries")
 }
 
 // Node is one roster serve process, restartable on its data dir and ports.
+// Its fields may be changed between runs (a restart picks them up), not
+// while the process starts.
 type Node struct {
-	Bin     Binary
-	Name    string
-	Dir     string   // working directory; the data dir is Dir/roster-data unless Args say otherwise
-	Args    []string // extra arguments after "serve"
-	Env     []string // extra environment
-	API     string   // host:port of the HTTP API
-	Etcd    string   // host:port etcd serves clients on
-	Peer    string   // host:port etcd serves peers on
+	Bin    Binary
+	Name   string
+	Dir    string   // working directory; the data dir is Dir/roster-data unless Args say otherwise
+	Args   []string // extra arguments after "serve"
+	Env    []string // extra environment
+	API    string   // host:port of the HTTP API
+	Etcd   string   // host:port etcd serves clients on
+	Peer   string   // host:port etcd serves peers on
+	Gossip string   // host:port of gossip (memberlist, TCP and UDP)
+	// Join are other nodes' gossip addresses; when not empty, Start passes
+	// them as --join a,b,c after Args.
+	Join    []string
 	Timeout time.Duration
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	logs   *logBuffer
+	past   []string // the logs of earlier runs, oldest first
 	exited chan struct{}
 	err    error
+	// stopping is set by Stop and Kill: the process is meant to exit.
+	stopping bool
 }
 
 // NewNode prepares a node named name working in dir, on free loopback ports.
 func NewNode(bin Binary, name, dir string) (*Node, error) {
 	n := &Node{Bin: bin, Name: name, Dir: dir, Timeout: 60 * time.Second}
+	if err := n.NewAddrs(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// NewAddrs gives the node fresh free ports for its API, etcd, peer and
+// gossip addresses; the next Start uses them. Together with a wiped data
+// dir this is the same node name coming back at a new address.
+func (n *Node) NewAddrs() error {
 	for _, p := range []*string{&n.API, &n.Etcd, &n.Peer} {
 		addr, err := FreeAddr()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		*p = addr
 	}
-	return n, nil
+	addr, err := FreeGossipAddr()
+	if err != nil {
+		return err
+	}
+	n.Gossip = addr
+	return nil
+}
+
+// PeerURL is the etcd peer URL the node advertises.
+func (n *Node) PeerURL() string { return "http://" + n.Peer }
+
+// WipeData removes the node's data dir (Dir/roster-data); the process
+// must not be running.
+func (n *Node) WipeData() error {
+	if n.Running() {
+		return fmt.Errorf("e2e: wipe the data of %s: it is running", n.Name)
+	}
+	return os.RemoveAll(n.DataDir())
 }
 
 // URL is the node's API URL.
@@ -139,15 +228,35 @@ func (n *Node) DataDir() string { return filepath.Join(n.Dir, "roster-data") }
 func (n *Node) env() []string {
 	return append([]string{
 		"ROSTER_NAME=" + n.Name, "ROSTER_LISTEN=" + n.API, "ROSTER_ETCD_LISTEN=" + n.Etcd, "ROSTER_PEER_LISTEN=" + n.Peer,
+		"ROSTER_GOSSIP_LISTEN=" + n.Gossip,
 	}, n.Env...)
 }
 
-// Start starts the process and waits for its ready line.
+// args is the command line after the binary's name.
+func (n *Node) args() []string {
+	args := append([]string{"serve"}, n.Args...)
+	if len(n.Join) > 0 {
+		args = append(args, "--join", strings.Join(n.Join, ","))
+	}
+	return args
+}
+
+// Start starts the process and waits up to Timeout for its ready line. It
+// refuses to start a node whose process still runs.
 func (n *Node) Start() error {
 	n.mu.Lock()
-	cmd := exec.Command(string(n.Bin), append([]string{"serve"}, n.Args...)...)
+	if n.exited != nil {
+		select {
+		case <-n.exited:
+		default:
+			n.mu.Unlock()
+			return fmt.Errorf("e2e: start %s: it is already running", n.Name)
+		}
+	}
+	cmd := exec.Command(string(n.Bin), n.args()...)
 	cmd.Dir = n.Dir
 	cmd.Env = append(cleanEnv(), n.env()...)
+	setDeathSignal(cmd)
 	logs := &logBuffer{ready: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -155,7 +264,10 @@ func (n *Node) Start() error {
 		return fmt.Errorf("e2e: start %s: %w", n.Name, err)
 	}
 	exited := make(chan struct{})
-	n.cmd, n.logs, n.exited, n.err = cmd, logs, exited, nil
+	if n.logs != nil {
+		n.past = append(n.past, n.logs.String())
+	}
+	n.cmd, n.logs, n.exited, n.err, n.stopping = cmd, logs, exited, nil, false
 	n.mu.Unlock()
 	go func() {
 		err := cmd.Wait()
@@ -183,6 +295,39 @@ func (n *Node) Logs() string {
 		return ""
 	}
 	return n.logs.String()
+}
+
+// AllLogs is everything every process of the node has written, oldest
+// run first, each run after a "----- run N -----" line.
+func (n *Node) AllLogs() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	runs := append([]string(nil), n.past...)
+	if n.logs != nil {
+		runs = append(runs, n.logs.String())
+	}
+	var b strings.Builder
+	for i, r := range runs {
+		fmt.Fprintf(&b, "----- %s run %d -----\n%s", n.Name, i+1, r)
+	}
+	return b.String()
+}
+
+// Running reports whether a process of the node has been started and has
+// not exited.
+func (n *Node) Running() bool {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	if exited == nil {
+		return false
+	}
+	select {
+	case <-exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // LogLines decodes the node's JSON log lines.
@@ -234,6 +379,7 @@ func (n *Node) Wait(d time.Duration) bool {
 // Stop sends SIGTERM and waits up to d for a clean exit; past that it
 // kills the process and says so.
 func (n *Node) Stop(d time.Duration) error {
+	n.setStopping()
 	n.signal(syscall.SIGTERM)
 	if !n.Wait(d) {
 		n.Kill()
@@ -244,8 +390,32 @@ func (n *Node) Stop(d time.Duration) error {
 
 // Kill sends SIGKILL and waits for the process to be gone.
 func (n *Node) Kill() {
+	n.setStopping()
 	n.signal(syscall.SIGKILL)
 	n.Wait(10 * time.Second)
+}
+
+func (n *Node) setStopping() {
+	n.mu.Lock()
+	n.stopping = true
+	n.mu.Unlock()
+}
+
+// Crashed returns an error when the node's process exited although
+// neither Stop nor Kill asked it to, and nil otherwise.
+func (n *Node) Crashed() error {
+	n.mu.Lock()
+	exited, stopping, err := n.exited, n.stopping, n.err
+	n.mu.Unlock()
+	if exited == nil || stopping {
+		return nil
+	}
+	select {
+	case <-exited:
+		return fmt.Errorf("e2e: %s exited on its own (%v)", n.Name, err)
+	default:
+		return nil
+	}
 }
 
 // Restart starts the node again on the same data dir and ports.

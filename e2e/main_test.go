@@ -12,6 +12,10 @@ import (
 var bin e2e.Binary
 
 func TestMain(m *testing.M) {
+	if os.Getenv(etcdHelperEnv) == "1" {
+		// This process is TestExternalEtcd's etcd, not a test run.
+		os.Exit(runEtcdHelper())
+	}
 	dir, err := os.MkdirTemp("", "roster-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
