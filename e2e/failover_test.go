@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -93,6 +94,10 @@ func TestLeaderKillKeepsSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	row, _ := ms.Get(leader.Name)
+
+	// The CLI holds a session through the leader's node first: it must move on.
+	hold := startHold(ctx, t, c, append([]*e2e.Node{leader}, others(nodes, leader)...), "cli-holder")
+
 	t.Logf("killing %s, the etcd leader (member %s)", leader.Name, row.EtcdMemberID)
 	killed := time.Now()
 	c.Kill(leader)
@@ -118,6 +123,7 @@ func TestLeaderKillKeepsSessions(t *testing.T) {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+	hold.check(t, c.Client(survivors...))
 	if n := h.beatSince(killed); n != len(h.sessions) {
 		t.Fatalf("only %d of %d sessions were heartbeated by their handles in the %s after the kill", n, len(h.sessions), 2*failoverTTL)
 	}
@@ -357,4 +363,57 @@ func openRaw(ctx context.Context, cl *client.Client, req registry.OpenRequest) (
 	}
 	err = json.Unmarshal(data, &opened)
 	return opened, err
+}
+
+// heldCLI is a 'roster session open --hold' process.
+type heldCLI struct {
+	id       string
+	out, err *syncBuffer
+	done     chan error
+}
+
+// startHold runs 'roster session open --user user --module cli --ttl 6s --hold'
+// with ROSTER_ENDPOINTS listing nodes in order, and waits for its session.
+func startHold(ctx context.Context, t *testing.T, c *e2e.Cluster, nodes []*e2e.Node, user string) *heldCLI {
+	t.Helper()
+	env := []string{"ROSTER_ENDPOINTS=" + strings.Join(c.URLs(nodes...), ","), "ROSTER_TOKEN=" + c.Token()}
+	cmd := bin.Command(t.TempDir(), env, "session", "open", "--user", user, "--module", "cli", "--ttl", "6s", "--hold")
+	h := &heldCLI{out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = h.out, h.err
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { h.done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	cl := c.Client(nodes...)
+	for h.id == "" {
+		page, err := cl.List(ctx, registry.ListFilter{User: user})
+		if err == nil && len(page.Sessions) == 1 {
+			h.id = page.Sessions[0].ID
+			break
+		}
+		select {
+		case err := <-h.done:
+			t.Fatalf("session open --hold exited: %v\n%s%s", err, h.out, h.err)
+		case <-ctx.Done():
+			t.Fatalf("the held session never showed up:\n%s%s", h.out, h.err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return h
+}
+
+// check asserts that the hold still runs and its session is alive.
+func (h *heldCLI) check(t *testing.T, cl *client.Client) {
+	t.Helper()
+	select {
+	case err := <-h.done:
+		t.Fatalf("session open --hold exited across the node's death: %v\n%s%s", err, h.out, h.err)
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cl.Get(ctx, h.id); err != nil {
+		t.Fatalf("the CLI's held session %s: %v\n%s", h.id, err, h.err)
+	}
 }
