@@ -139,7 +139,7 @@ func TestClusterForms(t *testing.T) {
 	n4.Join, n5.Join = c.GossipAddrs(), c.GossipAddrs()
 	joined := time.Now()
 	c.Start(n4, n5)
-	ms = c.WaitFor(ctx, "n4 and n5 promoted to voters", c.Formed(5, 0))
+	c.WaitFor(ctx, "n4 and n5 promoted to voters", c.Formed(5, 0))
 	t.Logf("n4 and n5 started to 5 voters: %s", time.Since(joined).Round(time.Millisecond))
 	for _, name := range []string{"n4", "n5"} {
 		saw, logged := roles.Saw(name, e2e.RoleLearner), promotionLogged(c, name)
@@ -152,7 +152,7 @@ func TestClusterForms(t *testing.T) {
 	n6 := c.Add("n6", args...)
 	n6.Join = c.GossipAddrs(n6)
 	c.Start(n6)
-	ms = c.WaitFor(ctx, "n6 as the standby learner", e2e.All(c.Formed(5, 1), func(ms e2e.Members) bool {
+	c.WaitFor(ctx, "n6 as the standby learner", e2e.All(c.Formed(5, 1), func(ms e2e.Members) bool {
 		return ms.Role("n6", e2e.RoleLearner)
 	}))
 	// It stays the standby: watch for a few seconds that nothing changes.
