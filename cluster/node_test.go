@@ -198,3 +198,56 @@ func TestNodeConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestNodesSpreadVotersAcrossSites: three voters all in site a; nodes of sites b and c
+// arrive, and the leader moves votes to them (a learner promoted, then a voter of a
+// removed, which rejoins), until each site holds one voter.
+func TestNodesSpreadVotersAcrossSites(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var cfgs []NodeConfig
+	for _, name := range []string{"a1", "a2", "a3"} {
+		cfg := testNodeConfig(t, name, log)
+		cfg.Site, cfg.BootstrapExpect = "a", 3
+		cfgs = append(cfgs, cfg)
+	}
+	for i := range cfgs {
+		for j := range cfgs {
+			if i != j {
+				cfgs[i].Gossip.Join = append(cfgs[i].Gossip.Join, cfgs[j].Gossip.Listen)
+			}
+		}
+	}
+	nodes := startNodes(t, cfgs...)
+	waitRoles(t, nodes[0], map[string]string{"a1": RoleVoter, "a2": RoleVoter, "a3": RoleVoter})
+
+	b, c := testNodeConfig(t, "b1", log), testNodeConfig(t, "c1", log)
+	b.Site, c.Site = "b", "c"
+	b.Gossip.Join, c.Gossip.Join = []string{cfgs[0].Gossip.Listen}, []string{cfgs[1].Gossip.Listen}
+	startNodes(t, b, c)
+
+	deadline := time.Now().Add(3 * time.Minute)
+	var last []MemberStatus
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ms, err := nodes[2].Members(ctx)
+		cancel()
+		if err == nil {
+			last = ms
+			sites := map[string]int{}
+			learners := 0
+			for _, m := range ms {
+				switch m.EtcdRole {
+				case RoleVoter:
+					sites[m.Site]++
+				case RoleLearner:
+					learners++
+				}
+			}
+			if sites["a"] == 1 && sites["b"] == 1 && sites["c"] == 1 && learners == 1 {
+				return
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("voters never spread one per site with a standby; last members:\n%+v", last)
+}

@@ -182,7 +182,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err := reg.Start(ctx); err != nil {
 		return err
 	}
-	if err := ensureAdminToken(ctx, reg, f.dataDir, node.Bootstrapped(), log); err != nil {
+	// The node that started the cluster writes the admin token; against an external
+	// etcd no node started it, so the first node to find no admin token writes one.
+	if err := ensureAdminToken(ctx, reg, f.dataDir, node.Bootstrapped() || len(f.etcdEndpoints) > 0, log); err != nil {
 		return err
 	}
 
@@ -236,12 +238,13 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 }
 
 // ensureAdminToken writes a new admin token to <data-dir>/admin.token
-// (mode 0600) when the file is missing and the cluster has no admin token
-// yet, which is the case on a node's first start. The secret is saved to
+// (mode 0600) when the file is missing, mayCreate is set (the node started
+// the cluster) and the cluster has no admin token yet, which is the case on
+// the first node's first start. The secret is saved to
 // admin.token.new before it is stored in etcd, and renamed once it is: a
 // start that fails in between finishes on the next start with the same
 // secret, so the admin token is never lost.
-func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir string, bootstrapped bool, log *slog.Logger) error {
+func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir string, mayCreate bool, log *slog.Logger) error {
 	path := filepath.Join(dataDir, "admin.token")
 	pending := path + ".new"
 	if _, err := os.Stat(path); err == nil {
@@ -250,7 +253,7 @@ func ensureAdminToken(ctx context.Context, reg *registry.Registry, dataDir strin
 	tok := ""
 	if b, err := os.ReadFile(pending); err == nil {
 		tok = strings.TrimSpace(string(b))
-	} else if !bootstrapped {
+	} else if !mayCreate {
 		// Only the node that started the cluster writes the admin token, so that its
 		// file is where the README says, whichever node reaches etcd first.
 		log.Info("this node joined a running cluster and writes no admin token; use the admin.token of the node that started the cluster, or 'roster token create --role admin'")
