@@ -43,6 +43,7 @@ type Member struct {
 	client    *clientv3.Client
 
 	closing   *atomic.Bool  // set when Close starts; read by etcd's logger
+	ready     atomic.Bool   // etcd reported ready
 	errc      chan error    // fatal errors for the owner; closed at the end of Close
 	stopc     chan struct{} // closed when Close starts
 	donec     chan struct{} // closed when Close has finished
@@ -119,6 +120,7 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 func (m *Member) waitReady(ctx context.Context, elog *zap.Logger) error {
 	select {
 	case <-m.etcd.Server.ReadyNotify():
+		m.ready.Store(true)
 	case err := <-m.etcd.Err():
 		if err == nil {
 			err = ErrStopped
@@ -292,6 +294,13 @@ func (m *Member) Close() error {
 			if err := m.client.Close(); err != nil && !errors.Is(err, context.Canceled) {
 				m.closeErr = fmt.Errorf("cluster: close etcd client: %w", err)
 			}
+		}
+		if !m.ready.Load() {
+			// embed.Etcd.Close waits for its client servers, which wait for the server
+			// to become ready or to stop: a member that never became ready (it waits
+			// for a quorum that is gone, or Start gave up) must be stopped first, or
+			// Close blocks forever (etcd v3.7.3).
+			m.etcd.Server.HardStop()
 		}
 		m.etcd.Close()
 		if m.watchDone != nil {

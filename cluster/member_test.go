@@ -455,3 +455,29 @@ func TestEtcdExpectedWarningsDemoted(t *testing.T) {
 		})
 	}
 }
+
+// TestStartWithoutQuorumGivesUp: a member whose cluster's other voter never comes never
+// becomes ready; Start gives up at its timeout and closes what it started (etcd's own
+// Close would wait forever for a member that never became ready).
+func TestStartWithoutQuorumGivesUp(t *testing.T) {
+	verifyNoLeaks(t)
+	cfg := testConfig(t)
+	cfg.InitialCluster = cfg.Name + "=http://" + cfg.PeerListen + ",absent=http://" + freeAddr(t)
+	cfg.StartTimeout = 3 * time.Second
+	done := make(chan error, 1)
+	go func() {
+		m, err := Start(context.Background(), cfg)
+		if m != nil {
+			m.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "start timeout") {
+			t.Fatalf("Start: %v, want the start timeout", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Start did not return a minute after its 3s timeout: closing a member that never became ready hangs")
+	}
+}
