@@ -170,9 +170,9 @@ type Node struct {
 	noLeaderSince  time.Time
 	noLeaderLogged time.Time
 	leaving        bool
-	bootstrapped   bool // this node started the cluster
+	bootstrapped   bool   // this node started the cluster
 	joining        uint64 // the member id this node is starting, 0 when none
-	looping        bool // loop runs; set before it starts, read by Close
+	looping        bool   // loop runs; set before it starts, read by Close
 
 	errc      chan error
 	stopc     chan struct{}
