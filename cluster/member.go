@@ -31,6 +31,10 @@ const (
 	// answers the pings with GOAWAY "too_many_pings".
 	clientKeepAliveTime    = 10 * time.Second
 	clientKeepAliveTimeout = 5 * time.Second
+
+	// closeReadyWait is how long Close lets a member that is not ready yet finish its
+	// start before stopping it hard.
+	closeReadyWait = 5 * time.Second
 )
 
 // Member is this node's running etcd member and a client connected to it. Its methods
@@ -297,10 +301,17 @@ func (m *Member) Close() error {
 		}
 		if !m.ready.Load() {
 			// embed.Etcd.Close waits for its client servers, which wait for the server
-			// to become ready or to stop: a member that never became ready (it waits
-			// for a quorum that is gone, or Start gave up) must be stopped first, or
-			// Close blocks forever (etcd v3.7.3).
-			m.etcd.Server.HardStop()
+			// to become ready or to stop: a member that never becomes ready (it waits
+			// for a quorum that is gone) must be stopped first, or Close blocks forever
+			// (etcd v3.7.3). A member that is merely slow gets a moment to finish its
+			// start: stopping a new cluster's first member before its first commit
+			// leaves a data dir that never elects a leader again.
+			select {
+			case <-m.etcd.Server.ReadyNotify():
+			case <-m.etcd.Server.StopNotify():
+			case <-time.After(closeReadyWait):
+				m.etcd.Server.HardStop()
+			}
 		}
 		m.etcd.Close()
 		if m.watchDone != nil {

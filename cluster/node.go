@@ -616,9 +616,12 @@ func (n *Node) step() {
 	if n.cfg.external() {
 		return
 	}
+	n.useLocalVoter()
 	ctx, cancel := n.ctx()
 	defer cancel()
-	resp, err := n.client.MemberList(ctx)
+	// Serializable: while quorum is lost the client must still learn which voters are
+	// gone. The leader's own member, which alone changes membership, is never behind.
+	resp, err := n.client.MemberList(ctx, clientv3.WithSerializable())
 	if err != nil {
 		return
 	}
@@ -820,6 +823,24 @@ func (n *Node) memberStopped(err error) {
 		return
 	}
 	n.fail(err)
+}
+
+// useLocalVoter adds the local member to the client's endpoints as soon as the member
+// knows it is a voter, before any member list says so: were the other voters to die
+// first, the client could otherwise reach no member at all, not even to learn that.
+func (n *Node) useLocalVoter() {
+	n.mu.Lock()
+	m := n.member
+	var eps []string
+	if m != nil && !m.IsLearner() && !slices.Contains(n.endpoints, m.ClientURL()) {
+		eps = append(slices.Clone(n.endpoints), m.ClientURL())
+		slices.Sort(eps)
+		n.endpoints = eps
+	}
+	n.mu.Unlock()
+	if eps != nil {
+		n.client.SetEndpoints(eps...)
+	}
 }
 
 // avoid moves the client off url, the local member's that is about to close, so that
