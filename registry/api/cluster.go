@@ -30,17 +30,26 @@ func clusterFailed(what string, err error) error {
 	return fmt.Errorf("%w: %s: %v", registry.ErrUnavailable, what, err)
 }
 
+// clusterCall checks what every cluster route needs: one of roles, no query
+// parameters, a cluster layer. It answers the error and returns false when
+// one is missing.
+func (s *server) clusterCall(w http.ResponseWriter, r *http.Request, p registry.Principal, action string, roles ...registry.Role) bool {
+	err := registry.RequireRole(p, action, roles...)
+	if err == nil {
+		_, err = query(r)
+	}
+	if err == nil && s.cluster == nil {
+		err = errNoCluster
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return false
+	}
+	return true
+}
+
 func (s *server) listMembers(w http.ResponseWriter, r *http.Request, p registry.Principal) {
-	if err := registry.RequireRole(p, "list the cluster's members", registry.RoleOperator, registry.RoleAdmin); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if _, err := query(r); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if s.cluster == nil {
-		s.fail(w, r, errNoCluster)
+	if !s.clusterCall(w, r, p, "list the cluster's members", registry.RoleOperator, registry.RoleAdmin) {
 		return
 	}
 	members, err := s.cluster.Members(r.Context())
@@ -60,16 +69,7 @@ func (s *server) listMembers(w http.ResponseWriter, r *http.Request, p registry.
 // truncated body. The stream may take long: it is exempt from the server's
 // read and write timeouts, and ends when the client goes away.
 func (s *server) snapshot(w http.ResponseWriter, r *http.Request, p registry.Principal) {
-	if err := registry.RequireRole(p, "take snapshots", registry.RoleAdmin); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if _, err := query(r); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if s.cluster == nil {
-		s.fail(w, r, errNoCluster)
+	if !s.clusterCall(w, r, p, "take snapshots", registry.RoleAdmin) {
 		return
 	}
 	rc := http.NewResponseController(w)
