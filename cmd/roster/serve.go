@@ -132,9 +132,6 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) int {
 
 func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Logger) error {
 	begin := time.Now()
-	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
 	apiURL := f.apiURL
 	if apiURL == "" {
 		apiURL = "http://" + f.listen
@@ -159,6 +156,10 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	}
 	if err := rcfg.ValidateSettings(); err != nil {
 		return err
+	}
+	// Created only once the settings are known good: a bad flag leaves nothing behind.
+	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
 	}
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {

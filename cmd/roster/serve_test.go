@@ -1,0 +1,40 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestServeRejectsBadClusterSettings: a bad cluster setting stops the node before
+// anything is created, with an error that names the setting and what to do.
+func TestServeRejectsBadClusterSettings(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--voters", "9"}, "voters 9: must be from 1 to 7"},
+		{[]string{"--bootstrap", "--bootstrap-expect", "3"}, "exclude each other"},
+		{[]string{"--etcd-endpoints", "127.0.0.1:2379"}, "must be a URL like http://10.0.0.5:2379"},
+		{[]string{"--gossip-listen", "0.0.0.0:7403"}, "gossip advertise is required"},
+		{[]string{"--dead-after", "0s"}, "dead-after 0s: must be positive"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			dataDir := filepath.Join(t.TempDir(), "data")
+			var stderr bytes.Buffer
+			args := append([]string{"--data-dir", dataDir, "--name", "n1"}, tc.args...)
+			if code := runServe(context.Background(), args, &stderr); code != 1 {
+				t.Fatalf("exit %d, want 1; stderr:\n%s", code, &stderr)
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Fatalf("stderr does not say %q:\n%s", tc.want, &stderr)
+			}
+			if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+				t.Fatalf("the data dir was created by a node that refused to start: %v", err)
+			}
+		})
+	}
+}
