@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -24,6 +25,8 @@ var (
 	ErrTokenExists = errors.New("registry: token exists")
 	// ErrAlreadyLoggedIn: the single-login rule refused an open (see *AlreadyLoggedInError).
 	ErrAlreadyLoggedIn = errors.New("registry: already logged in")
+	// ErrPoolInactive: the pool a session would open in is inactive (see *PoolInactiveError).
+	ErrPoolInactive = errors.New("registry: pool inactive")
 	// ErrSessionEnded: the session has ended (see *EndedError).
 	ErrSessionEnded = errors.New("registry: session ended")
 	// ErrUnavailable: etcd could not be reached in time.
@@ -123,3 +126,24 @@ func (e *notFoundError) Is(target error) bool { return target == e.sentinel }
 func sessionNotFound(id string) error {
 	return &notFoundError{ErrSessionNotFound, fmt.Sprintf("session %s not found: it never existed or ended long ago", id)}
 }
+
+// PoolInactiveError carries the facts of a login refused because its pool is inactive.
+type PoolInactiveError struct {
+	Pool    string
+	Message string   // the operator's message, if any
+	Active  []string // the pools that accept logins
+}
+
+func (e *PoolInactiveError) Error() string {
+	msg := "pool " + e.Pool + " is inactive and accepts no new logins"
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	if len(e.Active) > 0 {
+		return msg + "; active pools: " + strings.Join(e.Active, ", ")
+	}
+	return msg + "; no pool is active"
+}
+
+// Is makes a PoolInactiveError match ErrPoolInactive.
+func (e *PoolInactiveError) Is(target error) bool { return target == ErrPoolInactive }

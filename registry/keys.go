@@ -1,10 +1,12 @@
 package registry
 
+import clientv3 "go.etcd.io/etcd/client/v3"
+
 // Every etcd key Roster writes is built in this file. The layout (all under
 // root):
 //
 //	sessions/<id>                              session record (JSON), on the session's lease
-//	tombstones/<id>                            how a session ended, on a shared short lease
+//	tombstones/<id>                            how a session ended and the session as it was, on a shared short lease
 //	ix/t/<tenant>/<id>                         index by tenant, value: indexAttrs
 //	ix/u/<user>/<tenant>/<module>/<id>         index by user; also the single-login rule
 //	ix/m/<module>/<tenant>/<id>                index by module
@@ -13,6 +15,7 @@ package registry
 //	users/<tenant>/<user>                      user master entry (JSON)
 //	tokens/hash/<sha256-hex>                   API token by hash (JSON)
 //	tokens/name/<name>                         API token by name (JSON)
+//	pools/<pool>                               an inactive pool's state (JSON); active pools have none
 //	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
@@ -31,8 +34,17 @@ const (
 	usersPrefix      = root + "users/"
 	tokenHashPrefix  = root + "tokens/hash/"
 	tokenNamePrefix  = root + "tokens/name/"
+	poolsPrefix      = root + "pools/"
 	aliveKey         = root + "alive"
 )
+
+// eventRange is the key range the event streams watch: from sessions/ to
+// the end of tombstones/. One range keeps one watch, so records and
+// tombstones arrive in revision order; the streams drop the keys of the
+// other prefixes that sort between the two (tokens/).
+func eventRange() (start, end string) {
+	return sessionsPrefix, clientv3.GetPrefixRangeEnd(tombstonesPrefix)
+}
 
 func sessionKey(id string) string   { return sessionsPrefix + id }
 func tombstoneKey(id string) string { return tombstonesPrefix + id }
@@ -55,6 +67,7 @@ func userModulePrefix(tenant, user, module string) string {
 	return ixUserPrefix + user + "/" + tenant + "/" + module + "/"
 }
 
+func poolKey(pool string) string         { return poolsPrefix + pool }
 func userKey(tenant, user string) string { return usersPrefix + tenant + "/" + user }
 func usersOfTenant(tenant string) string { return usersPrefix + tenant + "/" }
 func tokenHashKey(hash string) string    { return tokenHashPrefix + hash }

@@ -27,13 +27,25 @@ type record struct {
 }
 
 // tombstone is how a session ended, kept for TombstoneTTL; it keeps the
-// owner facts so the session's own token still authenticates to learn it.
+// owner facts so the session's own token still authenticates to learn it,
+// and the session as it was (and the revision that created it) for the
+// session's end event. Tombstones written before events lack the last two.
 type tombstone struct {
 	Ended
-	Tenant        string `json:"tenant"`
-	User          string `json:"user"`
-	OpenedByToken string `json:"opened_by_token"`
-	TokenHash     string `json:"token_hash"`
+	Tenant        string   `json:"tenant"`
+	User          string   `json:"user"`
+	OpenedByToken string   `json:"opened_by_token"`
+	TokenHash     string   `json:"token_hash"`
+	Session       *Session `json:"session,omitempty"`
+	SessionRev    int64    `json:"session_rev,omitempty"`
+}
+
+// tombstoneOf is the tombstone of a session that ended as how says.
+func tombstoneOf(rec *record, how Ended) tombstone {
+	s := rec.Session
+	s.ExpiresInSeconds = 0
+	return tombstone{Ended: how, Tenant: rec.Tenant, User: rec.User, OpenedByToken: rec.OpenedByToken,
+		TokenHash: rec.TokenHash, Session: &s, SessionRev: rec.createRev}
 }
 
 // owner is what authorization needs to know of a live or ended session.
@@ -177,12 +189,16 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		if err != nil {
 			return OpenedSession{}, err
 		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev)}
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev),
+			clientv3.Compare(clientv3.Version(poolKey(rec.Pool)), "=", 0), // the pool is active
+		}
 		if !user.has(RightMultiLogin) {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(held), "=", 0).WithPrefix())
 		}
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).
-			Else(clientv3.OpGet(held, clientv3.WithPrefix(), clientv3.WithLimit(1)), clientv3.OpGet(userKey(rec.Tenant, rec.User))).
+			Else(clientv3.OpGet(held, clientv3.WithPrefix(), clientv3.WithLimit(1)), clientv3.OpGet(userKey(rec.Tenant, rec.User)),
+				clientv3.OpGet(poolKey(rec.Pool))).
 			Commit()
 		if err != nil {
 			return OpenedSession{}, translate("open session", err)
@@ -195,6 +211,9 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		}
 		holders := resp.Responses[0].GetResponseRange().Kvs
 		users := resp.Responses[1].GetResponseRange().Kvs
+		if pool := resp.Responses[2].GetResponseRange().Kvs; len(pool) == 1 {
+			return OpenedSession{}, r.poolInactive(ctx, rec.Pool, pool[0].Value)
+		}
 		currentRev := int64(0)
 		if len(users) == 1 {
 			currentRev = users[0].ModRevision
@@ -451,7 +470,7 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 // it answers how.
 func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, error) {
 	how.At = time.Now().UTC().Truncate(time.Second)
-	val, _ := json.Marshal(tombstone{Ended: how, Tenant: rec.Tenant, User: rec.User, OpenedByToken: rec.OpenedByToken, TokenHash: rec.TokenHash})
+	val, _ := json.Marshal(tombstoneOf(rec, how))
 	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
 	for _, k := range indexKeys(rec) {
 		ops = append(ops, clientv3.OpDelete(k))

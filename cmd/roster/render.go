@@ -83,6 +83,20 @@ func renderTokens(w io.Writer, tokens []registry.TokenInfo) {
 	tw.Flush()
 }
 
+// renderPools prints pools as a table, header first.
+func renderPools(w io.Writer, pools []registry.Pool) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "POOL\tSTATE\tSESSIONS\tSINCE\tBY\tMESSAGE")
+	for _, p := range pools {
+		since := ""
+		if p.Since != nil {
+			since = formatTime(*p.Since)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", cell(p.Name), p.State, p.Sessions, cell(since), cell(p.By), cell(p.Message))
+	}
+	tw.Flush()
+}
+
 // renderMembers prints the cluster's nodes as a table, one row each, header
 // first.
 func renderMembers(w io.Writer, members []cluster.MemberStatus) {

@@ -78,6 +78,10 @@ func (s *server) routes() []Route {
 		{"POST /v1/tokens", s.authed(s.createToken)},
 		{"GET /v1/tokens", s.authed(s.listTokens)},
 		{"DELETE /v1/tokens/{name}", s.authed(s.deleteToken)},
+		{"GET /v1/pools", s.authed(s.listPools)},
+		{"GET /v1/pools/{name}", s.authed(s.getPool)},
+		{"POST /v1/pools/{name}/deactivate", s.authed(s.deactivatePool)},
+		{"POST /v1/pools/{name}/activate", s.authed(s.activatePool)},
 		{"GET /v1/cluster/members", s.authedLocal(s.listMembers)},
 		{"GET /v1/cluster/snapshot", s.authedLocal(s.snapshot)},
 	}
@@ -106,6 +110,7 @@ var errorTable = []struct {
 	{registry.ErrUserNotFound, http.StatusNotFound, "not_found"},
 	{registry.ErrTokenNotFound, http.StatusNotFound, "not_found"},
 	{registry.ErrAlreadyLoggedIn, http.StatusConflict, "already_logged_in"},
+	{registry.ErrPoolInactive, http.StatusConflict, "pool_inactive"},
 	{registry.ErrTokenExists, http.StatusConflict, "already_exists"},
 	{registry.ErrSessionEnded, http.StatusGone, ""},
 	{registry.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
@@ -435,4 +440,54 @@ func (s *server) deleteToken(w http.ResponseWriter, r *http.Request, p registry.
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "deleted": true})
+}
+
+func (s *server) listPools(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	if _, err := query(r); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	pools, err := s.reg.Pools(r.Context(), p)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"pools": pools})
+}
+
+func (s *server) getPool(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	pool, err := s.reg.Pool(r.Context(), p, r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, pool)
+}
+
+func (s *server) deactivatePool(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var body struct {
+		Message string `json:"message"`
+	}
+	if !s.decode(w, r, &body, true) {
+		return
+	}
+	pool, err := s.reg.DeactivatePool(r.Context(), p, r.PathValue("name"), body.Message)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, pool)
+}
+
+func (s *server) activatePool(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var body struct{}
+	if !s.decode(w, r, &body, true) {
+		return
+	}
+	pool, err := s.reg.ActivatePool(r.Context(), p, r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, pool)
 }

@@ -1,0 +1,68 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roster-dev/roster/e2e"
+	"github.com/roster-dev/roster/registry"
+)
+
+// TestPoolCommands: deactivate a pool from the CLI, see a login into it refused with the
+// message and the active pools, list the pools, activate it again.
+func TestPoolCommands(t *testing.T) {
+	dir := t.TempDir()
+	node, err := e2e.NewNode(bin, "n1", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer node.Kill()
+	env := []string{"ROSTER_ENDPOINTS=" + node.URL()}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run := func(wantCode int, args ...string) e2e.Result {
+		t.Helper()
+		res, err := bin.Run(ctx, dir, env, args...)
+		if err != nil || res.ExitCode != wantCode {
+			t.Fatalf("roster %s: %v, exit %d (want %d)\n%s%s", strings.Join(args, " "), err, res.ExitCode, wantCode, res.Stdout, res.Stderr)
+		}
+		return res
+	}
+
+	run(0, "session", "open", "--user", "alice", "--module", "sales", "--pool", "blue")
+	run(0, "session", "open", "--user", "bob", "--module", "sales", "--pool", "green")
+	res := run(0, "pool", "deactivate", "blue", "--message", "Release 26.4 goes live at 18:00")
+	if !regexp.MustCompile(`(?m)^blue\s+inactive\s+1\s+\S+Z\s+admin\s+Release 26.4 goes live at 18:00$`).MatchString(res.Stdout) {
+		t.Fatalf("pool deactivate printed:\n%s", res.Stdout)
+	}
+
+	res = run(1, "session", "open", "--user", "carol", "--module", "sales", "--pool", "blue")
+	want := "pool_inactive: pool blue is inactive and accepts no new logins: Release 26.4 goes live at 18:00; active pools: green"
+	if !strings.Contains(res.Stderr, want) {
+		t.Fatalf("refused login printed:\n%s\nwant it to contain %q", res.Stderr, want)
+	}
+	run(0, "session", "open", "--user", "carol", "--module", "sales", "--pool", "green")
+
+	res = run(0, "pool", "list", "-o", "json")
+	var pools struct {
+		Pools []registry.Pool `json:"pools"`
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &pools); err != nil || len(pools.Pools) != 2 ||
+		pools.Pools[0].State != "inactive" || pools.Pools[0].Sessions != 1 || pools.Pools[1].Sessions != 2 {
+		t.Fatalf("pool list -o json: %v\n%s", err, res.Stdout)
+	}
+
+	run(0, "pool", "activate", "blue")
+	run(0, "session", "open", "--user", "dave", "--module", "sales", "--pool", "blue")
+	res = run(2, "pool", "deactivate")
+	if !strings.Contains(res.Stderr, "POOL") {
+		t.Fatalf("pool deactivate without a name printed:\n%s", res.Stderr)
+	}
+}
