@@ -33,7 +33,7 @@ servers behind a pool. Needs an operator or admin token.`,
 		},
 		{
 			path: "pool activate", args: "POOL", nargs: 1, summary: "accept logins into a pool again",
-			help:  "Activate POOL: logins into it are accepted again. Needs an operator or admin token.",
+			help: "Activate POOL: logins into it are accepted again. Needs an operator or admin token.",
 			setup: func(fs *pflag.FlagSet) action {
 				return func(ctx context.Context, inv *invocation) error { return runPoolChange(ctx, inv, "activate", nil) }
 			},
