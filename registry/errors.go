@@ -27,6 +27,12 @@ var (
 	ErrAlreadyLoggedIn = errors.New("registry: already logged in")
 	// ErrPoolInactive: the pool a session would open in is inactive (see *PoolInactiveError).
 	ErrPoolInactive = errors.New("registry: pool inactive")
+	// ErrMaintenance: an "all" shutdown request of the tenant is pending (see *MaintenanceError).
+	ErrMaintenance = errors.New("registry: maintenance")
+	// ErrShutdownNotFound: no shutdown request with that id.
+	ErrShutdownNotFound = errors.New("registry: shutdown request not found")
+	// ErrShutdownFinished: the shutdown request is done or cancelled already.
+	ErrShutdownFinished = errors.New("registry: shutdown request finished")
 	// ErrSessionEnded: the session has ended (see *EndedError).
 	ErrSessionEnded = errors.New("registry: session ended")
 	// ErrUnavailable: etcd could not be reached in time.
@@ -147,3 +153,23 @@ func (e *PoolInactiveError) Error() string {
 
 // Is makes a PoolInactiveError match ErrPoolInactive.
 func (e *PoolInactiveError) Is(target error) bool { return target == ErrPoolInactive }
+
+// MaintenanceError carries the facts of a login refused during an "all" shutdown request.
+type MaintenanceError struct {
+	Tenant   string
+	Deadline time.Time
+	Message  string
+	ID       string // the shutdown request
+}
+
+func (e *MaintenanceError) Error() string {
+	msg := "tenant " + e.Tenant + " is shutting down for maintenance (request " + e.ID + ", all sessions end at " +
+		e.Deadline.UTC().Format(time.RFC3339) + "); no new logins until it is over or cancelled"
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	return msg
+}
+
+// Is makes a MaintenanceError match ErrMaintenance.
+func (e *MaintenanceError) Is(target error) bool { return target == ErrMaintenance }

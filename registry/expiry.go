@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -53,7 +54,7 @@ func (r *Registry) watchSessions(ctx context.Context) {
 			for _, ev := range resp.Events {
 				r.evict(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix), ev.Kv.ModRevision)
 				if ev.PrevKv != nil {
-					r.recordExpiry(ctx, ev.PrevKv.Value)
+					r.recordExpiry(ctx, ev.PrevKv)
 				}
 				next = ev.Kv.ModRevision + 1
 			}
@@ -129,9 +130,9 @@ func (r *Registry) waitWatched(ctx context.Context, rev int64) bool {
 	}
 }
 
-func (r *Registry) recordExpiry(ctx context.Context, prev []byte) {
-	var rec record
-	if err := json.Unmarshal(prev, &rec); err != nil {
+func (r *Registry) recordExpiry(ctx context.Context, prev *mvccpb.KeyValue) {
+	rec, err := decodeRecord(prev)
+	if err != nil {
 		r.log.Warn("undecodable session record in expiry watch", "error", err)
 		return
 	}
@@ -147,10 +148,7 @@ func (r *Registry) recordExpiry(ctx context.Context, prev []byte) {
 		r.log.Warn("no lease for an expiry tombstone", "session-id", rec.ID, "error", err)
 		return
 	}
-	val, _ := json.Marshal(tombstone{
-		Ended:  Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: time.Now().UTC().Truncate(time.Second)},
-		Tenant: rec.Tenant, User: rec.User, OpenedByToken: rec.OpenedByToken, TokenHash: rec.TokenHash,
-	})
+	val, _ := json.Marshal(tombstoneOf(rec, Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: time.Now().UTC().Truncate(time.Second)}))
 	_, err = r.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.CreateRevision(tombstoneKey(rec.ID)), "=", 0)).
 		Then(clientv3.OpPut(tombstoneKey(rec.ID), string(val), clientv3.WithLease(tl))).

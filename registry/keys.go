@@ -16,6 +16,8 @@ import clientv3 "go.etcd.io/etcd/client/v3"
 //	tokens/hash/<sha256-hex>                   API token by hash (JSON)
 //	tokens/name/<name>                         API token by name (JSON)
 //	pools/<pool>                               an inactive pool's state (JSON); active pools have none
+//	shutdowns/<id>                             a shutdown request (JSON)
+//	maint/<tenant>                             the pending "all" shutdown request of a tenant (JSON)
 //	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
@@ -35,13 +37,15 @@ const (
 	tokenHashPrefix  = root + "tokens/hash/"
 	tokenNamePrefix  = root + "tokens/name/"
 	poolsPrefix      = root + "pools/"
+	shutdownsPrefix  = root + "shutdowns/"
+	maintPrefix      = root + "maint/"
 	aliveKey         = root + "alive"
 )
 
 // eventRange is the key range the event streams watch: from sessions/ to
 // the end of tombstones/. One range keeps one watch, so records and
 // tombstones arrive in revision order; the streams drop the keys of the
-// other prefixes that sort between the two (tokens/).
+// other prefixes that sort between the two (shutdowns/, tokens/).
 func eventRange() (start, end string) {
 	return sessionsPrefix, clientv3.GetPrefixRangeEnd(tombstonesPrefix)
 }
@@ -68,6 +72,8 @@ func userModulePrefix(tenant, user, module string) string {
 }
 
 func poolKey(pool string) string         { return poolsPrefix + pool }
+func shutdownKey(id string) string       { return shutdownsPrefix + id }
+func maintKey(tenant string) string      { return maintPrefix + tenant }
 func userKey(tenant, user string) string { return usersPrefix + tenant + "/" + user }
 func usersOfTenant(tenant string) string { return usersPrefix + tenant + "/" }
 func tokenHashKey(hash string) string    { return tokenHashPrefix + hash }

@@ -117,6 +117,16 @@ type Registry struct {
 	tombLease     clientv3.LeaseID
 	tombLeaseFrom time.Time
 
+	// shutMu guards pending, the node's cache of pending shutdown requests by id
+	// (watchShutdowns keeps it; heartbeats read it).
+	shutMu  sync.RWMutex
+	pending map[string]*Shutdown
+
+	// streamsMu orders the start of event streams (goStream) before
+	// Close's wait for them.
+	streamsMu sync.Mutex
+	closing   bool
+
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -157,6 +167,11 @@ func (r *Registry) Start(ctx context.Context) error {
 	go func() {
 		defer r.wg.Done()
 		r.beacon(r.ctx)
+	}()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.watchShutdowns(r.ctx)
 	}()
 	return nil
 }
@@ -201,10 +216,14 @@ func (r *Registry) forgetAll() {
 	clear(r.live)
 }
 
-// Close stops the registry: (1) it cancels the background work and the
-// heartbeat streams, (2) waits for their goroutines. Safe to call twice.
+// Close stops the registry: (1) it refuses new event streams, (2) cancels
+// the background work, the event streams and the heartbeat streams, (3)
+// waits for their goroutines. Safe to call twice.
 func (r *Registry) Close() {
 	r.once.Do(func() {
+		r.streamsMu.Lock()
+		r.closing = true
+		r.streamsMu.Unlock()
 		r.cancel()
 		r.renewer.close()
 		r.wg.Wait()

@@ -191,14 +191,15 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		}
 		cmps := []clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev),
-			clientv3.Compare(clientv3.Version(poolKey(rec.Pool)), "=", 0), // the pool is active
+			clientv3.Compare(clientv3.Version(poolKey(rec.Pool)), "=", 0),    // the pool is active
+			clientv3.Compare(clientv3.Version(maintKey(rec.Tenant)), "=", 0), // no "all" shutdown pending
 		}
 		if !user.has(RightMultiLogin) {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(held), "=", 0).WithPrefix())
 		}
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).
 			Else(clientv3.OpGet(held, clientv3.WithPrefix(), clientv3.WithLimit(1)), clientv3.OpGet(userKey(rec.Tenant, rec.User)),
-				clientv3.OpGet(poolKey(rec.Pool))).
+				clientv3.OpGet(poolKey(rec.Pool)), clientv3.OpGet(maintKey(rec.Tenant))).
 			Commit()
 		if err != nil {
 			return OpenedSession{}, translate("open session", err)
@@ -213,6 +214,9 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		users := resp.Responses[1].GetResponseRange().Kvs
 		if pool := resp.Responses[2].GetResponseRange().Kvs; len(pool) == 1 {
 			return OpenedSession{}, r.poolInactive(ctx, rec.Pool, pool[0].Value)
+		}
+		if maint := resp.Responses[3].GetResponseRange().Kvs; len(maint) == 1 {
+			return OpenedSession{}, maintenance(maint[0].Value)
 		}
 		currentRev := int64(0)
 		if len(users) == 1 {
@@ -390,7 +394,7 @@ func (r *Registry) Heartbeat(ctx context.Context, p Principal, id string) (Heart
 	if err != nil {
 		return HeartbeatResult{}, err
 	}
-	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: ttl}, nil
+	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: ttl, Shutdown: r.pendingFor(rec)}, nil
 }
 
 // goneNow explains a session whose lease has just been found gone: its

@@ -90,6 +90,9 @@ type HeartbeatResult struct {
 	ID               string `json:"id"`
 	TTLSeconds       int64  `json:"ttl_seconds"`
 	ExpiresInSeconds int64  `json:"expires_in_seconds"`
+	// Shutdown is the pending shutdown request that covers the session, if any: the
+	// client should warn its user and log off before the deadline.
+	Shutdown *ShutdownNotice `json:"shutdown,omitempty"`
 }
 
 // Ended describes how a session ended (answer to close and kill, and the

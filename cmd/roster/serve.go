@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/roster-dev/roster/cluster"
+	"github.com/roster-dev/roster/ha"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/api"
 )
@@ -189,6 +190,16 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return err
 	}
 
+	// Singleton duties (shutdown deadlines) run on the node that wins the election;
+	// another takes over when it dies.
+	duties, err := ha.New(ha.Config{Client: node.Client(), Node: f.name, Logger: log.With("component", "ha")},
+		ha.Duty{Name: "shutdown-deadlines", Run: reg.EnforceShutdowns})
+	if err != nil {
+		return err
+	}
+	duties.Start(ctx)
+	defer duties.Close()
+
 	srv := &http.Server{
 		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Node: f.name, Logger: log.With("component", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -224,6 +235,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		"data-dir", f.dataDir, "took", time.Since(begin).Round(time.Millisecond))
 	err = g.Wait()
 	if err == nil && f.leave {
+		duties.Close()
 		reg.Close()
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 		err = node.Leave(lctx)

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/roster-dev/roster/registry"
 )
@@ -27,13 +28,18 @@ type Config struct {
 	// unavailable.
 	Cluster Cluster
 	Logger  *slog.Logger // nil discards
+	// EventKeepAlive is how often an idle event stream sends a keepalive
+	// comment; 0 means DefaultEventKeepAlive.
+	EventKeepAlive time.Duration
 }
 
 type server struct {
-	reg     *registry.Registry
-	node    string
-	cluster Cluster
-	log     *slog.Logger
+	reg       *registry.Registry
+	node      string
+	cluster   Cluster
+	log       *slog.Logger
+	keepAlive time.Duration
+	shutdownState
 }
 
 // New returns the API's http.Handler.
@@ -42,7 +48,11 @@ func New(cfg Config) http.Handler {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &server{reg: cfg.Registry, node: cfg.Node, cluster: cfg.Cluster, log: log}
+	s := &server{reg: cfg.Registry, node: cfg.Node, cluster: cfg.Cluster, log: log, keepAlive: cfg.EventKeepAlive}
+	if s.keepAlive <= 0 {
+		s.keepAlive = DefaultEventKeepAlive
+	}
+	s.shutdown = map[*http.Server]context.Context{}
 	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
 		mux.HandleFunc(rt.Pattern, rt.handler)
@@ -68,6 +78,7 @@ func (s *server) routes() []Route {
 		{"POST /v1/sessions", s.authed(s.openSession)},
 		{"GET /v1/sessions", s.authed(s.listSessions)},
 		{"GET /v1/sessions/{id}", s.authed(s.getSession)},
+		{"GET /v1/sessions/{id}/events", s.authed(s.sessionEvents)},
 		{"DELETE /v1/sessions/{id}", s.authed(s.closeSession)},
 		{"POST /v1/sessions/{id}/heartbeat", s.authed(s.heartbeat)},
 		{"POST /v1/sessions/{id}/kill", s.authed(s.killSession)},
@@ -78,10 +89,15 @@ func (s *server) routes() []Route {
 		{"POST /v1/tokens", s.authed(s.createToken)},
 		{"GET /v1/tokens", s.authed(s.listTokens)},
 		{"DELETE /v1/tokens/{name}", s.authed(s.deleteToken)},
+		{"POST /v1/shutdowns", s.authed(s.requestShutdown)},
+		{"GET /v1/shutdowns", s.authed(s.listShutdowns)},
+		{"GET /v1/shutdowns/{id}", s.authed(s.getShutdown)},
+		{"DELETE /v1/shutdowns/{id}", s.authed(s.cancelShutdown)},
 		{"GET /v1/pools", s.authed(s.listPools)},
 		{"GET /v1/pools/{name}", s.authed(s.getPool)},
 		{"POST /v1/pools/{name}/deactivate", s.authed(s.deactivatePool)},
 		{"POST /v1/pools/{name}/activate", s.authed(s.activatePool)},
+		{"GET /v1/events", s.authed(s.events)},
 		{"GET /v1/cluster/members", s.authedLocal(s.listMembers)},
 		{"GET /v1/cluster/snapshot", s.authedLocal(s.snapshot)},
 	}
@@ -111,6 +127,9 @@ var errorTable = []struct {
 	{registry.ErrTokenNotFound, http.StatusNotFound, "not_found"},
 	{registry.ErrAlreadyLoggedIn, http.StatusConflict, "already_logged_in"},
 	{registry.ErrPoolInactive, http.StatusConflict, "pool_inactive"},
+	{registry.ErrMaintenance, http.StatusConflict, "maintenance"},
+	{registry.ErrShutdownNotFound, http.StatusNotFound, "not_found"},
+	{registry.ErrShutdownFinished, http.StatusConflict, "already_finished"},
 	{registry.ErrTokenExists, http.StatusConflict, "already_exists"},
 	{registry.ErrSessionEnded, http.StatusGone, ""},
 	{registry.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
@@ -490,4 +509,48 @@ func (s *server) activatePool(w http.ResponseWriter, r *http.Request, p registry
 		return
 	}
 	writeJSON(w, http.StatusOK, pool)
+}
+
+func (s *server) requestShutdown(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	var req registry.ShutdownRequest
+	if !s.decode(w, r, &req, false) {
+		return
+	}
+	sd, err := s.reg.RequestShutdown(r.Context(), p, req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sd)
+}
+
+func (s *server) listShutdowns(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	if _, err := query(r); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	all, err := s.reg.Shutdowns(r.Context(), p)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"shutdowns": all})
+}
+
+func (s *server) getShutdown(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	sd, err := s.reg.Shutdown(r.Context(), p, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sd)
+}
+
+func (s *server) cancelShutdown(w http.ResponseWriter, r *http.Request, p registry.Principal) {
+	sd, err := s.reg.CancelShutdown(r.Context(), p, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sd)
 }

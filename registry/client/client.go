@@ -23,8 +23,9 @@ import (
 const maxAnswer = 32 << 20
 
 // Client calls the Roster HTTP API (docs/api.md) on a list of nodes. It is
-// safe for concurrent use. It starts no goroutines of its own; the
-// connections it keeps open belong to its HTTP client.
+// safe for concurrent use. It starts no goroutines of its own (an
+// EventStream and a Session run theirs, and own them); the connections it
+// keeps open belong to its HTTP client.
 //
 // A call is sent to the endpoint that last worked. When that endpoint cannot
 // be reached (dial refused, connection reset, EOF, timeout) or answers 503,

@@ -24,6 +24,16 @@
 //	case <-work:
 //	}
 //
+// Events and SessionEvents follow what happens to sessions as it happens
+// (docs/api.md, Events), resuming on another node without losing an event
+// when one goes away; Session.Events does so for a held session, which then
+// ends as soon as it is killed or expires:
+//
+//	for e := range s.Events() {
+//		log.Printf("%s: %s", e.Type, e.Reason) // e.g. "killed: PC crashed"
+//	}
+//	<-s.Done() // closed with the end event; s.Err() matches client.ErrKilled
+//
 // Errors: an error answer is an *APIError ("<code>: <message>"); a call on a
 // session that has ended returns an *EndedError, which errors.Is matches to
 // ErrKilled, ErrExpired or ErrClosed; when no node could serve a call the

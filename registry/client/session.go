@@ -59,6 +59,14 @@ type Session struct {
 	mu  sync.Mutex
 	err error // why the session ended; set once, before done is closed
 
+	// The event stream, started by the first call of Events.
+	evMu     sync.Mutex
+	events   chan registry.Event
+	evCtx    context.Context
+	evStop   context.CancelFunc
+	evWG     sync.WaitGroup
+	evClosed bool // Close has stopped the stream; Events starts none
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -98,6 +106,7 @@ func (c *Client) attach(s registry.OpenedSession, sent time.Time, opts []Session
 		o(&sess.opts)
 	}
 	sess.info.Labels = maps.Clone(s.Labels)
+	sess.evCtx, sess.evStop = context.WithCancel(context.Background())
 	expiry := time.Duration(expiresIn) * time.Second
 	go sess.run(ctx, sent.Add(expiry), expiry/3, time.Duration(s.TTLSeconds)*time.Second/3)
 	return sess, nil
@@ -131,7 +140,8 @@ func (s *Session) Err() error {
 }
 
 // Close ends the session. In order it
-//  1. stops the heartbeats and waits for the heartbeat goroutine to return;
+//  1. stops the heartbeats and the event stream (Events' channel is closed
+//     without the logout's event) and waits for their goroutines to return;
 //  2. unless the session has already ended, logs it out with
 //     DELETE /v1/sessions/{id}, bounded by ctx;
 //  3. marks the session ended (Err returns ErrClosed, or how it ended if the
@@ -150,6 +160,11 @@ func (s *Session) Close(ctx context.Context) error {
 func (s *Session) close(ctx context.Context) error {
 	s.stop()
 	<-s.loopDone
+	s.evMu.Lock()
+	s.evClosed = true
+	s.evMu.Unlock()
+	s.evStop()
+	s.evWG.Wait()
 	if s.ownsClient {
 		defer s.c.CloseIdleConnections()
 	}
@@ -280,4 +295,97 @@ func (s *Session) endOf(err error) error {
 func isServerError(err error) bool {
 	ae, ok := errors.AsType[*APIError](err)
 	return ok && ae.Status >= 500
+}
+
+// sessionEventBuffer is how many events Session.Events holds for a slow
+// reader; a session has few (its end, and shutdown notices).
+const sessionEventBuffer = 16
+
+// Events returns a channel of the session's events. Its first call starts
+// a stream of them (Client.SessionEvents with the session's token, from
+// that moment on), which reconnects to other endpoints as an EventStream
+// does. From then on the handle ends as soon as the stream reports the
+// session's end, instead of at its next heartbeat: Done is closed and Err
+// returns the *EndedError (errors.Is matches ErrKilled, ErrExpired, ...),
+// whether or not the channel is read. The end event is the channel's last;
+// Close also closes it, after stopping the stream, so the logout of Close
+// itself is not on it. The channel holds 16 events for a slow reader; past
+// that the stream waits for it. Every call returns the same channel.
+func (s *Session) Events() <-chan registry.Event {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	if s.events != nil {
+		return s.events
+	}
+	s.events = make(chan registry.Event, sessionEventBuffer)
+	if s.evClosed {
+		close(s.events)
+		return s.events
+	}
+	s.evWG.Add(1)
+	go func() {
+		defer s.evWG.Done()
+		defer close(s.events)
+		s.watch(s.evCtx)
+	}()
+	return s.events
+}
+
+// watch opens the session's event stream, retrying while no node can
+// serve it, and forwards its events until the session's end or ctx ends.
+func (s *Session) watch(ctx context.Context) {
+	backoff := minRetryBackoff
+	for {
+		st, err := s.c.SessionEvents(ctx, s.info.ID, s.token, 0)
+		if err == nil {
+			s.forward(ctx, st)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if end := s.endOf(err); end != nil {
+			s.endNow(end)
+			return
+		}
+		if _, ok := errors.AsType[*APIError](err); ok && !errors.Is(err, ErrUnavailable) && !isServerError(err) {
+			s.c.log.Debug("cannot watch the session's events", "session-id", s.info.ID, "err", err)
+			return // 401, 403: the heartbeats say what became of the session
+		}
+		s.c.log.Debug("session event stream failed; retrying", "session-id", s.info.ID, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxRetryBackoff)
+	}
+}
+
+// forward passes the stream's events on, ending the handle at the
+// session's end.
+func (s *Session) forward(ctx context.Context, st *EventStream) {
+	defer st.Close()
+	for e := range st.Events() {
+		if e.Type.IsEnd() {
+			s.endNow(&EndedError{ID: s.info.ID, Reason: registry.EndReason(e.Type), By: e.By, Message: e.Reason, At: e.At})
+		}
+		select {
+		case s.events <- e:
+		case <-ctx.Done():
+			return
+		}
+	}
+	if end := s.endOf(st.Err()); end != nil {
+		s.endNow(end)
+	}
+}
+
+// endNow ends the handle with err and stops its heartbeats.
+func (s *Session) endNow(err error) {
+	s.c.log.Debug("session ended", "session-id", s.info.ID, "err", err)
+	s.end(err)
+	s.stop()
 }

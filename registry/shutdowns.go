@@ -1,0 +1,532 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Shutdown scopes and states.
+const (
+	ScopeSession = "session" // one session
+	ScopeAll     = "all"     // every session of a tenant; new logins there are refused meanwhile
+	ScopePool    = "pool"    // every session of a pool
+
+	ShutdownPending   = "pending"
+	ShutdownDone      = "done"
+	ShutdownCancelled = "cancelled"
+
+	// DefaultGraceSeconds is the grace of a request that names none: proALPHA's five minutes.
+	DefaultGraceSeconds = 300
+	// MaxGraceSeconds bounds the grace of a request.
+	MaxGraceSeconds = 7 * 24 * 3600
+)
+
+// EndShutdown ends a session still open at its shutdown request's deadline.
+const EndShutdown EndReason = "shutdown"
+
+// ShutdownRequest is the body of POST /v1/shutdowns.
+type ShutdownRequest struct {
+	Scope   string `json:"scope"`             // ScopeSession, ScopeAll or ScopePool
+	Session string `json:"session,omitempty"` // the session, for ScopeSession
+	Tenant  string `json:"tenant,omitempty"`  // the tenant, for ScopeAll (default "default")
+	Pool    string `json:"pool,omitempty"`    // the pool, for ScopePool
+	// GraceSeconds is the time the clients get to save and log off; nil means
+	// DefaultGraceSeconds. 0 terminates at once.
+	GraceSeconds *int64 `json:"grace_seconds,omitempty"`
+	Message      string `json:"message,omitempty"` // shown to every client in scope
+}
+
+// Shutdown is a stored shutdown request and how it went.
+type Shutdown struct {
+	ID           string    `json:"id"`
+	Scope        string    `json:"scope"`
+	Session      string    `json:"session,omitempty"`
+	Tenant       string    `json:"tenant,omitempty"`
+	Pool         string    `json:"pool,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	RequestedBy  string    `json:"requested_by"`
+	GraceSeconds int64     `json:"grace_seconds"`
+	CreatedAt    time.Time `json:"created_at"`
+	Deadline     time.Time `json:"deadline"`
+	State        string    `json:"state"` // ShutdownPending, ShutdownDone or ShutdownCancelled
+	// InScope is the number of sessions in scope when the request was made; Open, of a
+	// pending request, how many are still open; Terminated, of a done one, how many were
+	// still open at the deadline and were ended with reason shutdown.
+	InScope    int        `json:"in_scope"`
+	Open       int        `json:"open,omitempty"`
+	Terminated int        `json:"terminated"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	By         string     `json:"finished_by,omitempty"` // who cancelled it, or the node that enforced it
+}
+
+// ShutdownNotice tells a client in scope of a pending shutdown request what is coming;
+// heartbeats carry it.
+type ShutdownNotice struct {
+	ID          string    `json:"id"`
+	Deadline    time.Time `json:"deadline"`
+	Message     string    `json:"message,omitempty"`
+	RequestedBy string    `json:"requested_by"`
+}
+
+// covers reports whether the pending request s reaches session rec.
+func (s *Shutdown) covers(rec *record) bool {
+	switch s.Scope {
+	case ScopeSession:
+		return s.Session == rec.ID
+	case ScopeAll:
+		return s.Tenant == rec.Tenant
+	case ScopePool:
+		return s.Pool == rec.Pool
+	}
+	return false
+}
+
+// scopePrefix is the index prefix that lists the sessions in scope of s.
+func (s *Shutdown) scopePrefix() string {
+	switch s.Scope {
+	case ScopeAll:
+		return ixTenantPrefix + s.Tenant + "/"
+	case ScopePool:
+		return ixPoolPrefix + s.Pool + "/"
+	}
+	return sessionKey(s.Session) // one key, no prefix
+}
+
+// RequestShutdown stores a shutdown request with an absolute deadline. Clients in scope
+// learn it from their event streams and heartbeats; sessions that close themselves
+// before the deadline end as closed, the others are terminated at the deadline by the
+// duty leader (EnforceShutdowns). During an "all" request new logins into the tenant are
+// refused with ErrMaintenance.
+func (r *Registry) RequestShutdown(ctx context.Context, p Principal, req ShutdownRequest) (Shutdown, error) {
+	if err := requireRole(p, "request shutdowns", RoleOperator, RoleAdmin); err != nil {
+		return Shutdown{}, err
+	}
+	s, err := r.newShutdown(ctx, p, req)
+	if err != nil {
+		return Shutdown{}, err
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	count := clientv3.OpGet(s.scopePrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if s.Scope == ScopeSession {
+		count = clientv3.OpGet(s.scopePrefix(), clientv3.WithCountOnly())
+	}
+	cresp, err := r.cli.Txn(cctx).Then(count).Commit()
+	if err != nil {
+		return Shutdown{}, translate("count sessions in scope", err)
+	}
+	s.InScope = int(cresp.Responses[0].GetResponseRange().Count)
+	s.Open = s.InScope
+	val, _ := json.Marshal(s)
+	ops := []clientv3.Op{clientv3.OpPut(shutdownKey(s.ID), string(val))}
+	if s.Scope == ScopeAll {
+		ops = append(ops, clientv3.OpPut(maintKey(s.Tenant), string(val)))
+	}
+	if _, err := r.cli.Txn(cctx).Then(ops...).Commit(); err != nil {
+		return Shutdown{}, translate("store shutdown request", err)
+	}
+	r.log.Info("shutdown requested", "id", s.ID, "scope", s.Scope, "target", s.target(), "deadline", s.Deadline, "by", s.RequestedBy, "in-scope", s.InScope)
+	return s, nil
+}
+
+// newShutdown validates req and fills a pending Shutdown.
+func (r *Registry) newShutdown(ctx context.Context, p Principal, req ShutdownRequest) (Shutdown, error) {
+	now := time.Now().UTC().Truncate(time.Second)
+	s := Shutdown{ID: newSessionID(now), Scope: req.Scope, Message: req.Message, RequestedBy: p.By(), CreatedAt: now,
+		State: ShutdownPending, GraceSeconds: DefaultGraceSeconds}
+	if req.GraceSeconds != nil {
+		s.GraceSeconds = *req.GraceSeconds
+	}
+	if s.GraceSeconds < 0 || s.GraceSeconds > MaxGraceSeconds {
+		return s, invalid("grace_seconds", "is %d; give 0 (at once) to %d (a week)", s.GraceSeconds, MaxGraceSeconds)
+	}
+	if err := checkOptionalText("message", req.Message, MaxReasonBytes); err != nil {
+		return s, err
+	}
+	if err := checkText("message", req.Message, false); err != nil {
+		return s, err
+	}
+	s.Deadline = now.Add(time.Duration(s.GraceSeconds) * time.Second)
+	extra := func(field, v string) error {
+		if v != "" {
+			return invalid(field, "is not used with scope %s; drop it", s.Scope)
+		}
+		return nil
+	}
+	switch req.Scope {
+	case ScopeSession:
+		if err := CheckSessionID(req.Session); err != nil {
+			return s, err
+		}
+		if err := errors.Join(extra("tenant", req.Tenant), extra("pool", req.Pool)); err != nil {
+			return s, err
+		}
+		rec, _, err := r.lookup(ctx, req.Session)
+		if err != nil {
+			return s, err
+		}
+		if rec == nil {
+			return s, sessionNotFound(req.Session)
+		}
+		s.Session, s.Tenant, s.Pool = rec.ID, rec.Tenant, rec.Pool
+	case ScopeAll:
+		s.Tenant = req.Tenant
+		if s.Tenant == "" {
+			s.Tenant = DefaultTenant
+		}
+		if err := errors.Join(checkName("tenant", s.Tenant), extra("session", req.Session), extra("pool", req.Pool)); err != nil {
+			return s, err
+		}
+	case ScopePool:
+		s.Pool = req.Pool
+		if err := errors.Join(checkName("pool", req.Pool), extra("session", req.Session), extra("tenant", req.Tenant)); err != nil {
+			return s, err
+		}
+	case "":
+		return s, invalid("scope", "is required: session, all or pool")
+	default:
+		return s, invalid("scope", "is %q; want session, all or pool", req.Scope)
+	}
+	return s, nil
+}
+
+// target names what s reaches, for logs.
+func (s *Shutdown) target() string {
+	switch s.Scope {
+	case ScopeSession:
+		return "session " + s.Session
+	case ScopeAll:
+		return "tenant " + s.Tenant
+	}
+	return "pool " + s.Pool
+}
+
+// Shutdowns lists the shutdown requests, newest first; a pending one says how many
+// sessions in its scope are still open.
+func (r *Registry) Shutdowns(ctx context.Context, p Principal) ([]Shutdown, error) {
+	if err := requireRole(p, "list shutdowns", RoleOperator, RoleAdmin); err != nil {
+		return nil, err
+	}
+	out, _, err := r.readShutdowns(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if out[i].State == ShutdownPending {
+			if out[i].Open, err = r.openInScope(ctx, &out[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// Shutdown returns one shutdown request.
+func (r *Registry) Shutdown(ctx context.Context, p Principal, id string) (Shutdown, error) {
+	all, err := r.Shutdowns(ctx, p)
+	if err != nil {
+		return Shutdown{}, err
+	}
+	for _, s := range all {
+		if s.ID == id {
+			return s, nil
+		}
+	}
+	return Shutdown{}, &notFoundError{sentinel: ErrShutdownNotFound, msg: "no shutdown request " + id}
+}
+
+// readShutdowns reads every shutdown request with its mod revision, newest first.
+func (r *Registry) readShutdowns(ctx context.Context) ([]Shutdown, []int64, error) {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, shutdownsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, nil, translate("read shutdown requests", err)
+	}
+	out := make([]Shutdown, 0, len(resp.Kvs))
+	revs := make([]int64, 0, len(resp.Kvs))
+	for i := len(resp.Kvs) - 1; i >= 0; i-- { // ids sort by time
+		var s Shutdown
+		if err := json.Unmarshal(resp.Kvs[i].Value, &s); err != nil {
+			return nil, nil, fmt.Errorf("registry: decode shutdown request %s: %w", resp.Kvs[i].Key, err)
+		}
+		out = append(out, s)
+		revs = append(revs, resp.Kvs[i].ModRevision)
+	}
+	return out, revs, nil
+}
+
+// openInScope counts the sessions in scope of s that are open now.
+func (r *Registry) openInScope(ctx context.Context, s *Shutdown) (int, error) {
+	ids, err := r.idsInScope(ctx, s)
+	return len(ids), err
+}
+
+// idsInScope lists the ids of the open sessions in scope of s.
+func (r *Registry) idsInScope(ctx context.Context, s *Shutdown) ([]string, error) {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	if s.Scope == ScopeSession {
+		resp, err := r.cli.Get(cctx, sessionKey(s.Session), clientv3.WithCountOnly())
+		if err != nil {
+			return nil, translate("read session", err)
+		}
+		if resp.Count == 0 {
+			return nil, nil
+		}
+		return []string{s.Session}, nil
+	}
+	resp, err := r.cli.Get(cctx, s.scopePrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, translate("list sessions in scope", err)
+	}
+	ids := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		ids = append(ids, k[strings.LastIndexByte(k, '/')+1:])
+	}
+	return ids, nil
+}
+
+// CancelShutdown cancels a pending shutdown request: nothing is terminated, and new
+// logins are accepted again.
+func (r *Registry) CancelShutdown(ctx context.Context, p Principal, id string) (Shutdown, error) {
+	if err := requireRole(p, "cancel shutdowns", RoleOperator, RoleAdmin); err != nil {
+		return Shutdown{}, err
+	}
+	if err := CheckSessionID(id); err != nil {
+		return Shutdown{}, invalid("id", "is not a shutdown request id (32 hex digits)")
+	}
+	return r.finish(ctx, id, func(s *Shutdown) error {
+		if s.State != ShutdownPending {
+			return fmt.Errorf("%w: shutdown request %s is %s already", ErrShutdownFinished, id, s.State)
+		}
+		s.State, s.By = ShutdownCancelled, p.By()
+		return nil
+	})
+}
+
+// finish moves shutdown request id out of pending with change, in one transaction that
+// also ends the tenant's maintenance; it retries when the request changed meanwhile.
+func (r *Registry) finish(ctx context.Context, id string, change func(*Shutdown) error) (Shutdown, error) {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	for range 5 {
+		resp, err := r.cli.Get(cctx, shutdownKey(id))
+		if err != nil {
+			return Shutdown{}, translate("read shutdown request", err)
+		}
+		if len(resp.Kvs) == 0 {
+			return Shutdown{}, &notFoundError{sentinel: ErrShutdownNotFound, msg: "no shutdown request " + id}
+		}
+		var s Shutdown
+		if err := json.Unmarshal(resp.Kvs[0].Value, &s); err != nil {
+			return Shutdown{}, fmt.Errorf("registry: decode shutdown request %s: %w", id, err)
+		}
+		if err := change(&s); err != nil {
+			return s, err
+		}
+		now := time.Now().UTC().Truncate(time.Second)
+		s.FinishedAt, s.Open = &now, 0
+		val, _ := json.Marshal(s)
+		ops := []clientv3.Op{clientv3.OpPut(shutdownKey(id), string(val))}
+		var cmps []clientv3.Cmp
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(shutdownKey(id)), "=", resp.Kvs[0].ModRevision))
+		tresp, err := r.cli.Txn(cctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return Shutdown{}, translate("finish shutdown request", err)
+		}
+		if !tresp.Succeeded {
+			continue
+		}
+		if s.Scope == ScopeAll {
+			r.endMaintenance(cctx, &s)
+		}
+		r.log.Info("shutdown request "+s.State, "id", s.ID, "target", s.target(), "terminated", s.Terminated, "by", s.By)
+		return s, nil
+	}
+	return Shutdown{}, fmt.Errorf("%w: shutdown request %s kept changing; try again", ErrUnavailable, id)
+}
+
+// endMaintenance removes the tenant's maintenance mark if s set it (a newer "all"
+// request may have replaced it).
+func (r *Registry) endMaintenance(ctx context.Context, s *Shutdown) {
+	resp, err := r.cli.Get(ctx, maintKey(s.Tenant))
+	if err != nil || len(resp.Kvs) == 0 {
+		return
+	}
+	var m Shutdown
+	if json.Unmarshal(resp.Kvs[0].Value, &m) != nil || m.ID != s.ID {
+		return
+	}
+	r.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(maintKey(s.Tenant)), "=", resp.Kvs[0].ModRevision)).
+		Then(clientv3.OpDelete(maintKey(s.Tenant))).Commit()
+}
+
+// maintenance builds the refusal of an open into a tenant under an "all" shutdown
+// request, whose stored request is val.
+func maintenance(val []byte) error {
+	var s Shutdown
+	_ = json.Unmarshal(val, &s)
+	return &MaintenanceError{Tenant: s.Tenant, Deadline: s.Deadline, Message: s.Message, ID: s.ID}
+}
+
+// EnforceShutdowns runs as the duty leader's duty until ctx ends: it terminates, with
+// reason shutdown, every session still open in scope of a pending request whose deadline
+// has come, and marks the request done. It keeps nothing that matters in memory: each
+// round reads the requests from etcd, so a new duty leader enforces overdue deadlines at
+// once. It wakes at the next deadline, when a request changes, and every second.
+func (r *Registry) EnforceShutdowns(ctx context.Context) error {
+	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	for {
+		next, err := r.enforceDue(ctx)
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("enforcing shutdown deadlines failed; retrying", "error", err)
+		}
+		wait := time.Second
+		if d := time.Until(next); !next.IsZero() && d < wait {
+			wait = max(d, 0)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wch:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// enforceDue enforces every pending request that is due and returns the next deadline
+// (zero when none is pending).
+func (r *Registry) enforceDue(ctx context.Context) (time.Time, error) {
+	all, _, err := r.readShutdowns(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var next time.Time
+	var errs []error
+	for i := range all {
+		s := &all[i]
+		if s.State != ShutdownPending {
+			continue
+		}
+		if time.Now().Before(s.Deadline) {
+			if next.IsZero() || s.Deadline.Before(next) {
+				next = s.Deadline
+			}
+			continue
+		}
+		n, err := r.terminateInScope(ctx, s)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if _, err := r.finish(ctx, s.ID, func(cur *Shutdown) error {
+			if cur.State != ShutdownPending {
+				return fmt.Errorf("%w: shutdown request %s is %s already", ErrShutdownFinished, s.ID, cur.State)
+			}
+			cur.State, cur.Terminated, cur.By = ShutdownDone, n, "node:"+r.cfg.Node
+			return nil
+		}); err != nil && !errors.Is(err, ErrShutdownFinished) {
+			errs = append(errs, err)
+		}
+	}
+	return next, errors.Join(errs...)
+}
+
+// terminateInScope ends every open session in scope of s with reason shutdown, 16 at a
+// time, and returns how many it ended.
+func (r *Registry) terminateInScope(ctx context.Context, s *Shutdown) (int, error) {
+	ids, err := r.idsInScope(ctx, s)
+	if err != nil {
+		return 0, err
+	}
+	var mu sync.Mutex
+	ended := 0
+	var errs []error
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			rec, _, err := r.lookup(ctx, id)
+			if err == nil && rec != nil {
+				_, err = r.end(ctx, rec, Ended{ID: id, Reason: EndShutdown, By: s.RequestedBy, Message: s.Message})
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && rec != nil:
+				ended++
+			case err != nil && !errors.Is(err, ErrSessionEnded) && !errors.Is(err, ErrSessionNotFound):
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(ids) > 0 {
+		r.log.Info("shutdown deadline reached", "id", s.ID, "target", s.target(), "terminated", ended, "late", time.Since(s.Deadline).Round(time.Millisecond))
+	}
+	return ended, errors.Join(errs...)
+}
+
+// pendingFor returns the notice of the first pending request (by deadline) that covers
+// rec, from the node's cache of requests.
+func (r *Registry) pendingFor(rec *record) *ShutdownNotice {
+	r.shutMu.RLock()
+	defer r.shutMu.RUnlock()
+	var best *Shutdown
+	for _, s := range r.pending {
+		if s.covers(rec) && (best == nil || s.Deadline.Before(best.Deadline)) {
+			best = s
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return &ShutdownNotice{ID: best.ID, Deadline: best.Deadline, Message: best.Message, RequestedBy: best.RequestedBy}
+}
+
+// watchShutdowns keeps the node's cache of pending requests, which heartbeats read,
+// until ctx ends.
+func (r *Registry) watchShutdowns(ctx context.Context) {
+	for ctx.Err() == nil {
+		all, _, err := r.readShutdowns(ctx)
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		r.setPending(all)
+		// Watch from after the read; on any watch error, read again.
+		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		for range wch {
+			if all, _, err := r.readShutdowns(ctx); err == nil {
+				r.setPending(all)
+			}
+		}
+	}
+}
+
+func (r *Registry) setPending(all []Shutdown) {
+	pending := map[string]*Shutdown{}
+	for i := range all {
+		if all[i].State == ShutdownPending {
+			pending[all[i].ID] = &all[i]
+		}
+	}
+	r.shutMu.Lock()
+	r.pending = pending
+	r.shutMu.Unlock()
+}

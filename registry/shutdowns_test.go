@@ -1,0 +1,185 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roster-dev/roster/registry"
+)
+
+func grace(s int64) *int64 { return &s }
+
+// runDuty runs EnforceShutdowns as the duty leader would, until the test ends.
+func runDuty(t *testing.T, r *registry.Registry) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.EnforceShutdowns(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// endedReason waits up to 15 s for session id to end and returns its end reason.
+func endedReason(t *testing.T, r *registry.Registry, id string) registry.EndReason {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		_, err := r.Get(context.Background(), admin, id)
+		var ended *registry.EndedError
+		if errors.As(err, &ended) {
+			return ended.Ended.Reason
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("session %s did not end", id)
+	return ""
+}
+
+func TestShutdownPoolDeadline(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	var blue []registry.OpenedSession
+	for _, u := range []string{"a", "b", "c"} {
+		blue = append(blue, open(t, r, admin, registry.OpenRequest{User: u, Module: "sales", Pool: "blue", TTLSeconds: 60}))
+	}
+	green := open(t, r, admin, registry.OpenRequest{User: "g", Module: "sales", Pool: "green", TTLSeconds: 60})
+
+	s, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(3), Message: "Release 26.4"})
+	if err != nil || s.State != registry.ShutdownPending || s.InScope != 3 || s.RequestedBy != "admin" || s.Deadline.Sub(s.CreatedAt) != 3*time.Second {
+		t.Fatalf("RequestShutdown = %+v, %v", s, err)
+	}
+	// Heartbeats in scope carry the notice (once the node's cache has it); others none.
+	sp := sessionPrincipal(t, r, blue[0])
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		hb, err := r.Heartbeat(ctx, sp, blue[0].ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hb.Shutdown != nil {
+			if hb.Shutdown.ID != s.ID || hb.Shutdown.Message != "Release 26.4" || !hb.Shutdown.Deadline.Equal(s.Deadline) {
+				t.Fatalf("notice = %+v", hb.Shutdown)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("heartbeats never carried the pending shutdown")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if hb, err := r.Heartbeat(ctx, sessionPrincipal(t, r, green), green.ID); err != nil || hb.Shutdown != nil {
+		t.Fatalf("a green heartbeat: %+v, %v", hb, err)
+	}
+	// One client saves and logs off in time.
+	if _, err := r.Logout(ctx, sp, blue[0].ID); err != nil {
+		t.Fatal(err)
+	}
+
+	runDuty(t, r)
+	for _, b := range blue[1:] {
+		if reason := endedReason(t, r, b.ID); reason != registry.EndShutdown {
+			t.Errorf("session %s ended %s, want shutdown", b.ID, reason)
+		}
+	}
+	if reason := endedReason(t, r, blue[0].ID); reason != registry.EndClosed {
+		t.Errorf("the session that logged off ended %s", reason)
+	}
+	if _, err := r.Get(ctx, admin, green.ID); err != nil {
+		t.Fatalf("green session: %v", err)
+	}
+	var got registry.Shutdown
+	for until := time.Now().Add(5 * time.Second); time.Now().Before(until); {
+		if got, err = r.Shutdown(ctx, admin, s.ID); err == nil && got.State == registry.ShutdownDone {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got.State != registry.ShutdownDone || got.Terminated != 2 || got.InScope != 3 || got.FinishedAt == nil {
+		t.Fatalf("finished request = %+v", got)
+	}
+}
+
+func TestShutdownAllRefusesLoginsUntilCancelled(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	alice := open(t, r, admin, registry.OpenRequest{User: "alice", Module: "sales"})
+	s, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopeAll, GraceSeconds: grace(2), Message: "upgrade"})
+	if err != nil || s.Tenant != "default" || s.InScope != 1 {
+		t.Fatalf("RequestShutdown = %+v, %v", s, err)
+	}
+	_, err = r.Open(ctx, admin, registry.OpenRequest{User: "bob", Module: "sales"})
+	var maint *registry.MaintenanceError
+	if !errors.As(err, &maint) || maint.ID != s.ID || !strings.Contains(err.Error(), "upgrade") || !strings.Contains(err.Error(), s.Deadline.Format(time.RFC3339)) {
+		t.Fatalf("open during maintenance: %v", err)
+	}
+	// Another tenant is not affected.
+	open(t, r, admin, registry.OpenRequest{Tenant: "other", User: "bob", Module: "sales"})
+
+	c, err := r.CancelShutdown(ctx, admin, s.ID)
+	if err != nil || c.State != registry.ShutdownCancelled || c.By != "admin" {
+		t.Fatalf("CancelShutdown = %+v, %v", c, err)
+	}
+	if _, err := r.CancelShutdown(ctx, admin, s.ID); !errors.Is(err, registry.ErrShutdownFinished) {
+		t.Fatalf("second cancel: %v", err)
+	}
+	open(t, r, admin, registry.OpenRequest{User: "bob", Module: "sales"})
+	// Past the deadline nothing is terminated.
+	runDuty(t, r)
+	time.Sleep(3 * time.Second)
+	if _, err := r.Get(ctx, admin, alice.ID); err != nil {
+		t.Fatalf("a cancelled request terminated alice: %v", err)
+	}
+}
+
+// TestShutdownOverdueEnforcedAtOnce: a request whose deadline passed while no duty ran
+// (the duty leader died) is enforced as soon as a duty starts.
+func TestShutdownOverdueEnforcedAtOnce(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	s1 := open(t, r, admin, registry.OpenRequest{User: "alice", Module: "sales", TTLSeconds: 60})
+	if _, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopeSession, Session: s1.ID, GraceSeconds: grace(0)}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := r.Get(ctx, admin, s1.ID); err != nil {
+		t.Fatalf("ended with no duty running: %v", err)
+	}
+	runDuty(t, r)
+	if reason := endedReason(t, r, s1.ID); reason != registry.EndShutdown {
+		t.Fatalf("ended %s", reason)
+	}
+}
+
+func TestShutdownInput(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	client := registry.Principal{Role: registry.RoleClient, Name: "app"}
+	for _, tc := range []struct {
+		p    registry.Principal
+		req  registry.ShutdownRequest
+		want string
+	}{
+		{client, registry.ShutdownRequest{Scope: "all"}, "may not request shutdowns: it needs a token with role operator or admin"},
+		{admin, registry.ShutdownRequest{}, "scope: is required: session, all or pool"},
+		{admin, registry.ShutdownRequest{Scope: "everything"}, `scope: is "everything"; want session, all or pool`},
+		{admin, registry.ShutdownRequest{Scope: "all", GraceSeconds: grace(-1)}, "grace_seconds: is -1"},
+		{admin, registry.ShutdownRequest{Scope: "pool"}, "pool: is required"},
+		{admin, registry.ShutdownRequest{Scope: "pool", Pool: "blue", Tenant: "x"}, "tenant: is not used with scope pool"},
+		{admin, registry.ShutdownRequest{Scope: "session", Session: "0123456789abcdef0123456789abcdef"}, "not found"},
+		{admin, registry.ShutdownRequest{Scope: "all", Message: "a\x00b"}, "message: must not contain control"},
+	} {
+		if _, err := r.RequestShutdown(ctx, tc.p, tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RequestShutdown(%+v): %v, want %q", tc.req, err, tc.want)
+		}
+	}
+	if all, err := r.Shutdowns(ctx, admin); err != nil || len(all) != 0 {
+		t.Fatalf("refused requests were stored: %+v, %v", all, err)
+	}
+	if _, err := r.CancelShutdown(ctx, admin, "0123456789abcdef0123456789abcdef"); !errors.Is(err, registry.ErrShutdownNotFound) {
+		t.Fatalf("cancel of an unknown request: %v", err)
+	}
+}
