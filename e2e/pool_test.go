@@ -66,3 +66,52 @@ func TestPoolCommands(t *testing.T) {
 		t.Fatalf("pool deactivate without a name printed:\n%s", res.Stderr)
 	}
 }
+
+// TestPoolDrain: 'roster pool drain' deactivates the pool, terminates the sessions still
+// open at the deadline, leaves other pools alone and exits 0 once the pool is empty.
+func TestPoolDrain(t *testing.T) {
+	dir := t.TempDir()
+	node, err := e2e.NewNode(bin, "n1", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer node.Kill()
+	env := []string{"ROSTER_ENDPOINTS=" + node.URL()}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run := func(wantCode int, args ...string) e2e.Result {
+		t.Helper()
+		res, err := bin.Run(ctx, dir, env, args...)
+		if err != nil || res.ExitCode != wantCode {
+			t.Fatalf("roster %s: %v, exit %d (want %d)\n%s%s", strings.Join(args, " "), err, res.ExitCode, wantCode, res.Stdout, res.Stderr)
+		}
+		return res
+	}
+	for _, u := range []string{"a", "b", "c"} {
+		run(0, "session", "open", "--user", u, "--module", "sales", "--pool", "blue", "--ttl", "60s")
+	}
+	run(0, "session", "open", "--user", "g", "--module", "sales", "--pool", "green", "--ttl", "60s")
+
+	res := run(0, "pool", "drain", "blue", "--grace", "3s", "--message", "Release 26.4 goes live at 18:00")
+	if !strings.Contains(res.Stdout, "pool blue drained: 3 sessions in it at the request, 3 terminated at the deadline") ||
+		!strings.Contains(res.Stderr, "pool blue: 3 sessions left") {
+		t.Fatalf("pool drain printed:\n%s%s", res.Stdout, res.Stderr)
+	}
+	res = run(0, "session", "list", "-o", "json")
+	var page registry.SessionPage
+	if err := json.Unmarshal([]byte(res.Stdout), &page); err != nil || len(page.Sessions) != 1 || page.Sessions[0].Pool != "green" {
+		t.Fatalf("sessions after the drain: %v\n%s", err, res.Stdout)
+	}
+	run(1, "session", "open", "--user", "late", "--module", "sales", "--pool", "blue")
+	res = run(0, "shutdown", "list", "-o", "json")
+	var list struct {
+		Shutdowns []registry.Shutdown `json:"shutdowns"`
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &list); err != nil || len(list.Shutdowns) != 1 ||
+		list.Shutdowns[0].State != registry.ShutdownDone || list.Shutdowns[0].Terminated != 3 {
+		t.Fatalf("shutdown list: %v\n%s", err, res.Stdout)
+	}
+}

@@ -97,6 +97,24 @@ func renderPools(w io.Writer, pools []registry.Pool) {
 	tw.Flush()
 }
 
+// renderShutdowns prints shutdown requests as a table, header first.
+func renderShutdowns(w io.Writer, all []registry.Shutdown) {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "ID\tSCOPE\tTARGET\tSTATE\tDEADLINE\tIN-SCOPE\tOPEN\tTERMINATED\tBY\tMESSAGE")
+	for _, s := range all {
+		target := s.Pool
+		switch s.Scope {
+		case registry.ScopeSession:
+			target = s.Session
+		case registry.ScopeAll:
+			target = s.Tenant
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.ID, s.Scope, cell(target), s.State,
+			formatTime(s.Deadline), s.InScope, s.Open, s.Terminated, cell(s.RequestedBy), cell(s.Message))
+	}
+	tw.Flush()
+}
+
 // renderMembers prints the cluster's nodes as a table, one row each, header
 // first.
 func renderMembers(w io.Writer, members []cluster.MemberStatus) {
