@@ -254,8 +254,20 @@ func (m *Member) ClusterID() uint64 { return uint64(m.etcd.Server.Cluster().ID()
 // none (an election is running, or quorum is lost).
 func (m *Member) Leader() uint64 { return uint64(m.etcd.Server.Leader()) }
 
-// IsLearner reports whether the member is a learner (a non-voting member).
-func (m *Member) IsLearner() bool { return m.etcd.Server.IsLearner() }
+// IsLearner reports whether the member is a learner (a non-voting member). A member
+// removed from the cluster is no learner. (etcd's own EtcdServer.IsLearner panics once
+// the local member is gone from the membership, which happens between its removal and
+// the server's stop.)
+func (m *Member) IsLearner() bool {
+	mem := m.etcd.Server.Cluster().Member(m.etcd.Server.MemberID())
+	return mem != nil && mem.IsLearner
+}
+
+// Removed reports whether the member is no longer in the cluster's membership as this
+// member knows it.
+func (m *Member) Removed() bool {
+	return m.etcd.Server.Cluster().Member(m.etcd.Server.MemberID()) == nil
+}
 
 // Client returns the client connected to this member. Close closes it; do not close it
 // yourself.

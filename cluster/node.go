@@ -832,7 +832,7 @@ func (n *Node) useLocalVoter() {
 	n.mu.Lock()
 	m := n.member
 	var eps []string
-	if m != nil && !m.IsLearner() && !slices.Contains(n.endpoints, m.ClientURL()) {
+	if m != nil && !m.Removed() && !m.IsLearner() && !slices.Contains(n.endpoints, m.ClientURL()) {
 		eps = append(slices.Clone(n.endpoints), m.ClientURL())
 		slices.Sort(eps)
 		n.endpoints = eps

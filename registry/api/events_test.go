@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -142,7 +143,8 @@ func kill(t *testing.T, id, reason string) {
 // TestEventsOverSSE: the SSE format of /v1/events, its first bare id, a
 // filter, and a resume by Last-Event-ID and by since.
 func TestEventsOverSSE(t *testing.T) {
-	s, a := openSSE(t, srv.URL, "/v1/events?module=sse-m", adminToken, "")
+	module := unique("sse-m")
+	s, a := openSSE(t, srv.URL, "/v1/events?module="+module, adminToken, "")
 	if s == nil {
 		t.Fatalf("stream: %d %s", a.status, a.body)
 	}
@@ -150,8 +152,8 @@ func TestEventsOverSSE(t *testing.T) {
 	if err != nil || first.id == "" || first.event != "" || first.data != "" {
 		t.Fatalf("first block %+v, %v: want a bare id", first, err)
 	}
-	openSession(t, "sse-other", "sse-n") // filtered out
-	o := openSession(t, "sse-alice", "sse-m")
+	openSession(t, unique("sse-other"), "sse-n") // filtered out
+	o := openSession(t, unique("sse-alice"), module)
 	kill(t, o.ID, "PC crashed")
 	_, opened := s.nextEvent(t)
 	_, killed := s.nextEvent(t)
@@ -167,7 +169,7 @@ func TestEventsOverSSE(t *testing.T) {
 		{"header wins", "&since=1", strconv.FormatInt(opened.Rev, 10)},
 	} {
 		t.Run(resume.name, func(t *testing.T) {
-			r, a := openSSE(t, srv.URL, "/v1/events?module=sse-m"+resume.query, adminToken, resume.header)
+			r, a := openSSE(t, srv.URL, "/v1/events?module="+module+resume.query, adminToken, resume.header)
 			if r == nil {
 				t.Fatalf("resume: %d %s", a.status, a.body)
 			}
@@ -181,8 +183,8 @@ func TestEventsOverSSE(t *testing.T) {
 // TestSessionEventsOverSSE: an ended session's stream sends its end and
 // closes; refusals are JSON errors.
 func TestSessionEventsOverSSE(t *testing.T) {
-	o := openSession(t, "sse-bob", "sales")
-	other := openSession(t, "sse-carol", "sales")
+	o := openSession(t, unique("sse-bob"), "sales")
+	other := openSession(t, unique("sse-carol"), "sales")
 	path := "/v1/sessions/" + o.ID + "/events"
 
 	live, a := openSSE(t, srv.URL, path, o.Token, "")
@@ -257,7 +259,7 @@ func TestEventsKeepAliveAndTimeouts(t *testing.T) {
 	if keepalives < 5 {
 		t.Fatalf("%d keepalives in a second at 50 ms", keepalives)
 	}
-	o := openSession(t, "sse-late", "sales")
+	o := openSession(t, unique("sse-late"), "sales")
 	if _, e := s.nextEvent(t); e.Session.ID != o.ID {
 		t.Fatalf("event after the timeouts: %+v", e)
 	}
@@ -284,4 +286,10 @@ func TestEventsEndOnShutdown(t *testing.T) {
 	if _, err := s.next(t); err != io.EOF {
 		t.Fatalf("stream after Shutdown: %v", err)
 	}
+}
+
+// unique returns prefix with a suffix of its own, so a test can run again
+// against the same registry.
+func unique(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
 }

@@ -111,14 +111,15 @@ func TestRealEventsResumeOnAnotherNode(t *testing.T) {
 	}
 	defer c.CloseIdleConnections()
 	ctx := context.Background()
-	st, err := c.Events(ctx, registry.EventFilter{Module: "evfo"}, 0)
+	module := unique("evfo")
+	st, err := c.Events(ctx, registry.EventFilter{Module: module}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
 	admin := registry.AdminPrincipal("admin")
 	open := func(user string) string {
-		o, err := n.Registry.Open(ctx, admin, registry.OpenRequest{User: user, Module: "evfo"})
+		o, err := n.Registry.Open(ctx, admin, registry.OpenRequest{User: user, Module: module})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,8 +132,8 @@ func TestRealEventsResumeOnAnotherNode(t *testing.T) {
 	}
 
 	// Node a goes away; b answers 503 meanwhile, so these are missed.
+	a.Listener.Close()
 	a.CloseClientConnections()
-	a.Close()
 	s2 := open("fo-2")
 	if _, err := n.Registry.Kill(ctx, admin, s1, "moved"); err != nil {
 		t.Fatal(err)
@@ -175,7 +176,7 @@ func TestRealEventsResumeOnAnotherNode(t *testing.T) {
 func TestRealSessionEventsEnd(t *testing.T) {
 	c, _ := realClient(t)
 	ctx := context.Background()
-	raw, err := c.Do(ctx, "POST", "/v1/sessions", nil, registry.OpenRequest{User: "ev-exp", Module: "sales", TTLSeconds: 1})
+	raw, err := c.Do(ctx, "POST", "/v1/sessions", nil, registry.OpenRequest{User: unique("ev-exp"), Module: "sales", TTLSeconds: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,12 +202,12 @@ func TestRealSessionEventsEnd(t *testing.T) {
 	if !errors.Is(err, client.ErrExpired) || !errors.As(err, &ended) || ended.ID != o.ID {
 		t.Fatalf("resume after the end: %v", err)
 	}
-	other, err := c.OpenSession(ctx, registry.OpenRequest{User: "ev-other", Module: "sales"})
+	other, err := c.OpenSession(ctx, registry.OpenRequest{User: unique("ev-other"), Module: "sales"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close(ctx)
-	live, err := c.OpenSession(ctx, registry.OpenRequest{User: "ev-live", Module: "sales"})
+	live, err := c.OpenSession(ctx, registry.OpenRequest{User: unique("ev-live"), Module: "sales"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +225,7 @@ func TestRealSessionEventsEnd(t *testing.T) {
 func TestRealSessionHandleEndsOnKill(t *testing.T) {
 	c, _ := realClient(t)
 	ctx := context.Background()
-	s, err := c.OpenSession(ctx, registry.OpenRequest{User: "ev-handle", Module: "sales", TTLSeconds: 60}) // heartbeats every 20 s
+	s, err := c.OpenSession(ctx, registry.OpenRequest{User: unique("ev-handle"), Module: "sales", TTLSeconds: 60}) // heartbeats every 20 s
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +264,7 @@ func TestRealSessionHandleEndsOnKill(t *testing.T) {
 func TestSessionEventsClosedByClose(t *testing.T) {
 	c, _ := realClient(t)
 	ctx := context.Background()
-	s, err := c.OpenSession(ctx, registry.OpenRequest{User: "ev-close", Module: "sales"})
+	s, err := c.OpenSession(ctx, registry.OpenRequest{User: unique("ev-close"), Module: "sales"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,4 +357,10 @@ func TestEventStreamNotAStream(t *testing.T) {
 	if _, err := c.Events(context.Background(), registry.EventFilter{}, 0); err == nil {
 		t.Fatal("no error for a stream without its opening id")
 	}
+}
+
+// unique returns prefix with a suffix of its own, so a test can run again
+// against the same node.
+func unique(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
 }
