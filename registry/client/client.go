@@ -155,45 +155,60 @@ func (c *Client) do(ctx context.Context, r call) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %s %s: encode body: %w", r.method, r.path, err)
 	}
+	var data []byte
+	_, err = c.round(int(c.cur.Load()), r.method, r.path, func(ep string) (bool, bool, error) {
+		body, status, err := c.attempt(ctx, ep, r, payload)
+		if err == nil && status != http.StatusServiceUnavailable {
+			if status >= 200 && status < 300 {
+				data = body
+				return true, false, nil
+			}
+			return true, false, decodeError(status, body)
+		}
+		if ctx.Err() != nil {
+			return false, false, fmt.Errorf("client: %s %s: %w", r.method, r.path, ctx.Err())
+		}
+		if err == nil {
+			// 503: this node cannot reach etcd; another may.
+			return false, r.idempotent, decodeError(status, body)
+		}
+		if !failoverable(err, r.idempotent) {
+			if r.idempotent || !isTransient(err) {
+				return false, false, fmt.Errorf("client: %s %s at %s: %w", r.method, r.path, ep, err)
+			}
+			return false, false, fmt.Errorf("client: %s %s at %s: %w (not retried on another node: the request may have reached the server)",
+				r.method, r.path, ep, err)
+		}
+		return false, true, err
+	})
+	return data, err
+}
+
+// round tries the endpoints once round, from index first. try reports whether the
+// endpoint served the call (it becomes the one calls go to first) and whether to move on
+// to the next endpoint after its error; when it does not move on, the round ends with
+// that endpoint's index and error. When every endpoint failed, the error is an
+// *unavailableError naming them.
+func (c *Client) round(first int, method, path string, try func(ep string) (served, moveOn bool, err error)) (int, error) {
 	n := len(c.endpoints)
-	first := int(c.cur.Load()) % n
 	var tried []string
 	var errs []error
 	for i := range n {
 		idx := (first + i) % n
 		ep := c.endpoints[idx]
-		data, status, err := c.attempt(ctx, ep, r, payload)
-		if err == nil && status != http.StatusServiceUnavailable {
-			if idx != first {
-				c.cur.Store(int32(idx))
-				c.log.Debug("switched endpoint", "endpoint", ep, "previous", c.endpoints[first])
-			}
-			if status >= 200 && status < 300 {
-				return data, nil
-			}
-			return nil, decodeError(status, data)
+		served, moveOn, err := try(ep)
+		if cur := int(c.cur.Load()) % n; served && cur != idx {
+			c.cur.Store(int32(idx))
+			c.log.Debug("switched endpoint", "endpoint", ep, "previous", c.endpoints[cur])
 		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("client: %s %s: %w", r.method, r.path, ctx.Err())
+		if !moveOn {
+			return idx, err
 		}
-		if err == nil {
-			// 503: this node cannot reach etcd; another may.
-			err = decodeError(status, data)
-			if !r.idempotent {
-				return nil, err
-			}
-		} else if !failoverable(err, r.idempotent) {
-			if r.idempotent || !isTransient(err) {
-				return nil, fmt.Errorf("client: %s %s at %s: %w", r.method, r.path, ep, err)
-			}
-			return nil, fmt.Errorf("client: %s %s at %s: %w (not retried on another node: the request may have reached the server)",
-				r.method, r.path, ep, err)
-		}
-		c.log.Debug("endpoint failed", "endpoint", ep, "method", r.method, "path", r.path, "err", err)
+		c.log.Debug("endpoint failed", "endpoint", ep, "method", method, "path", path, "err", err)
 		tried = append(tried, ep)
 		errs = append(errs, err)
 	}
-	return nil, &unavailableError{tried: tried, errs: errs}
+	return first % n, &unavailableError{tried: tried, errs: errs}
 }
 
 // attempt sends the call to one endpoint. It returns the answer's body and

@@ -260,34 +260,25 @@ func (s *EventStream) read(ctx context.Context, conn *sseConn, bareID bool) (reg
 // it moves on after connection failures and 503 answers, as Client.do
 // does. It returns the connection and its endpoint's index.
 func (s *EventStream) connect(ctx context.Context, first int) (*sseConn, int, error) {
-	n := len(s.c.endpoints)
-	var tried []string
-	var errs []error
-	for i := range n {
-		idx := (first + i) % n
-		ep := s.c.endpoints[idx]
-		conn, err := s.dial(ctx, ep)
+	var conn *sseConn
+	idx, err := s.c.round(first, s.r.method, s.r.path, func(ep string) (bool, bool, error) {
+		c, err := s.dial(ctx, ep)
 		if err == nil {
-			if cur := int(s.c.cur.Load()) % n; cur != idx {
-				s.c.cur.Store(int32(idx))
-				s.c.log.Debug("switched endpoint", "endpoint", ep, "previous", s.c.endpoints[cur])
-			}
-			return conn, idx, nil
+			conn = c
+			return true, false, nil
 		}
 		apiErr, isAPIErr := errors.AsType[*APIError](err) // also behind an *EndedError
 		switch {
 		case ctx.Err() != nil:
-			return nil, idx, fmt.Errorf("client: %s %s: %w", s.r.method, s.r.path, ctx.Err())
+			return false, false, fmt.Errorf("client: %s %s: %w", s.r.method, s.r.path, ctx.Err())
 		case isAPIErr && apiErr.Status != http.StatusServiceUnavailable:
-			return nil, idx, err // the answer
+			return false, false, err // the answer
 		case !isAPIErr && !isTransient(err) && !errors.Is(err, errStalled):
-			return nil, idx, fmt.Errorf("client: %s %s at %s: %w", s.r.method, s.r.path, ep, err)
+			return false, false, fmt.Errorf("client: %s %s at %s: %w", s.r.method, s.r.path, ep, err)
 		}
-		s.c.log.Debug("endpoint failed", "endpoint", ep, "method", s.r.method, "path", s.r.path, "err", err)
-		tried = append(tried, ep)
-		errs = append(errs, err)
-	}
-	return nil, first % n, &unavailableError{tried: tried, errs: errs}
+		return false, true, err
+	})
+	return conn, idx, err
 }
 
 // reconnect opens the stream again, from endpoint index first, retrying

@@ -27,37 +27,26 @@ import (
 // then holds a partial snapshot that the caller must discard.
 func (c *Client) Snapshot(ctx context.Context, w io.Writer) (int64, error) {
 	r := c.get("/v1/cluster/snapshot", nil)
-	n := len(c.endpoints)
-	first := int(c.cur.Load()) % n
-	var tried []string
-	var errs []error
-	for i := range n {
-		idx := (first + i) % n
-		ep := c.endpoints[idx]
-		written, err := c.streamFrom(ctx, ep, r, w)
+	var written int64
+	_, err := c.round(int(c.cur.Load()), r.method, r.path, func(ep string) (bool, bool, error) {
+		n, err := c.streamFrom(ctx, ep, r, w)
+		written = n
 		apiErr, isAPIErr := errors.AsType[*APIError](err)
 		switch {
 		case err == nil:
-			if idx != first {
-				c.cur.Store(int32(idx))
-				c.log.Debug("switched endpoint", "endpoint", ep, "previous", c.endpoints[first])
-			}
-			return written, nil
+			return true, false, nil
 		case ctx.Err() != nil:
-			return written, fmt.Errorf("client: %s %s at %s: %w", r.method, r.path, ep, ctx.Err())
-		case written > 0:
-			return written, fmt.Errorf("client: %s %s at %s: %w (after %d bytes: discard them)", r.method, r.path, ep, err, written)
+			return false, false, fmt.Errorf("client: %s %s at %s: %w", r.method, r.path, ep, ctx.Err())
+		case n > 0:
+			return false, false, fmt.Errorf("client: %s %s at %s: %w (after %d bytes: discard them)", r.method, r.path, ep, err, n)
 		case isAPIErr && apiErr.Status == http.StatusServiceUnavailable, isDialError(err):
-			c.log.Debug("endpoint failed", "endpoint", ep, "method", r.method, "path", r.path, "err", err)
-			tried = append(tried, ep)
-			errs = append(errs, err)
+			return false, true, err
 		case isAPIErr:
-			return 0, err
-		default:
-			return 0, fmt.Errorf("client: %s %s at %s: %w", r.method, r.path, ep, err)
+			return false, false, err
 		}
-	}
-	return 0, &unavailableError{tried: tried, errs: errs}
+		return false, false, fmt.Errorf("client: %s %s at %s: %w", r.method, r.path, ep, err)
+	})
+	return written, err
 }
 
 // errStalled cancels a stream that went silent for longer than the HTTP
