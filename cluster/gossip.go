@@ -250,10 +250,7 @@ func StartGossip(cfg GossipConfig, meta NodeMeta) (*Gossip, error) {
 	if err != nil {
 		return nil, err
 	}
-	lg := cfg.Logger
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg := orDiscard(cfg.Logger)
 	closing := new(atomic.Bool)
 	listen := netip.MustParseAddrPort(cfg.listen())
 	adv := cfg.advertise()

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"log/slog"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -31,6 +32,22 @@ var (
 		"stopped insecure grpc server due to error":     true,
 	}
 )
+
+// orDiscard returns log, or a logger that discards everything when log is nil.
+func orDiscard(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
+}
+
+// orNop returns lg, or a logger that discards everything when lg is nil.
+func orNop(lg *zap.Logger) *zap.Logger {
+	if lg == nil {
+		return zap.NewNop()
+	}
+	return lg
+}
 
 // quietLogger returns lg with expected etcd warnings and errors demoted to info. The
 // closing ones are demoted only after closing is set.

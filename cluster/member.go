@@ -69,14 +69,7 @@ func Start(ctx context.Context, cfg Config) (*Member, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	elog := cfg.EtcdLogger
-	if elog == nil {
-		elog = zap.NewNop()
-	}
+	log, elog := orDiscard(cfg.Logger), orNop(cfg.EtcdLogger)
 	closing := new(atomic.Bool)
 	elog = quietLogger(elog, closing)
 	begin := time.Now()

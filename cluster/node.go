@@ -199,19 +199,13 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	}
 	n := &Node{
 		cfg:            cfg,
-		log:            cfg.Logger,
-		elog:           cfg.EtcdLogger,
+		log:            orDiscard(cfg.Logger),
+		elog:           orNop(cfg.EtcdLogger),
 		downSince:      map[uint64]time.Time{},
 		unstartedSince: map[uint64]time.Time{},
 		errc:           make(chan error, 1),
 		stopc:          make(chan struct{}),
 		loopDone:       make(chan struct{}),
-	}
-	if n.log == nil {
-		n.log = slog.New(slog.DiscardHandler)
-	}
-	if n.elog == nil {
-		n.elog = zap.NewNop()
 	}
 	if cfg.Gossip.Logger == nil {
 		cfg.Gossip.Logger = n.log

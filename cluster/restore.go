@@ -77,14 +77,7 @@ func Restore(cfg RestoreConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	elog := cfg.EtcdLogger
-	if elog == nil {
-		elog = zap.NewNop()
-	}
+	log, elog := orDiscard(cfg.Logger), orNop(cfg.EtcdLogger)
 	begin := time.Now()
 	target := filepath.Join(cfg.DataDir, "etcd")
 	if _, err := os.Lstat(target); err == nil {

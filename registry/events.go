@@ -391,13 +391,10 @@ func (r *Registry) eventOf(ev *clientv3.Event, p Principal, f EventFilter) (Even
 
 // mayWatch: admins and operators, the client token that opened it, the
 // session's own token.
+// That is mayRead without the user's other sessions: a session token watches only its
+// own session.
 func (p Principal) mayWatch(o owner) error {
-	switch {
-	case !p.isSession() && (p.Role == RoleAdmin || p.Role == RoleOperator):
-		return nil
-	case !p.isSession() && p.Role == RoleClient && p.TokenID == o.OpenedByToken:
-		return nil
-	case p.isSession() && p.SessionID == o.ID:
+	if (!p.isSession() || p.SessionID == o.ID) && p.mayRead(o) == nil {
 		return nil
 	}
 	return denied("%s may not watch session %s: only its own session token, the client token that opened it, an operator or an admin may", p.describe(), o.ID)
