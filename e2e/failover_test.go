@@ -179,13 +179,7 @@ func TestDeadVoterReplaced(t *testing.T) {
 	t.Logf("first start to 3 voters and a standby: %s", time.Since(begin).Round(time.Millisecond))
 	standby := ms.Names(e2e.RoleLearner)[0]
 	leader := c.Leader(ctx)
-	var victim *e2e.Node
-	for _, name := range ms.Names(e2e.RoleVoter) {
-		if name != leader.Name {
-			victim = c.Node(name)
-			break
-		}
-	}
+	victim := otherVoter(t, c, ms, leader)
 	t.Logf("members:\n%s", ms)
 	t.Logf("killing voter %s (leader %s, standby %s)", victim.Name, leader.Name, standby)
 	killed := time.Now()
@@ -259,13 +253,7 @@ func TestLeaveAndRejoin(t *testing.T) {
 
 	// Graceful leave of a voter that is not the leader.
 	leader := c.Leader(ctx)
-	var leaver *e2e.Node
-	for _, name := range ms.Names(e2e.RoleVoter) {
-		if name != leader.Name {
-			leaver = c.Node(name)
-			break
-		}
-	}
+	leaver := otherVoter(t, c, ms, leader)
 	leaverRow, _ := ms.Get(leaver.Name)
 	begin = time.Now()
 	if err := leaver.Stop(30 * time.Second); err != nil {
@@ -288,13 +276,7 @@ func TestLeaveAndRejoin(t *testing.T) {
 
 	// The same name at new addresses with an empty data dir.
 	leader = c.Leader(ctx)
-	var back *e2e.Node
-	for _, name := range ms.Names(e2e.RoleVoter) {
-		if name != leader.Name {
-			back = c.Node(name)
-			break
-		}
-	}
+	back := otherVoter(t, c, ms, leader)
 	old, _ := ms.Get(back.Name)
 	c.Kill(back)
 	if err := back.WipeData(); err != nil {
@@ -416,4 +398,16 @@ func (h *heldCLI) check(t *testing.T, cl *client.Client) {
 	if _, err := cl.Get(ctx, h.id); err != nil {
 		t.Fatalf("the CLI's held session %s: %v\n%s", h.id, err, h.err)
 	}
+}
+
+// otherVoter returns a voter of ms other than leader.
+func otherVoter(t *testing.T, c *e2e.Cluster, ms e2e.Members, leader *e2e.Node) *e2e.Node {
+	t.Helper()
+	for _, name := range ms.Names(e2e.RoleVoter) {
+		if name != leader.Name {
+			return c.Node(name)
+		}
+	}
+	t.Fatalf("no voter other than the leader %s:\n%s", leader.Name, ms)
+	return nil
 }

@@ -12,9 +12,11 @@ import (
 	"github.com/roster-dev/roster/registry"
 )
 
-// TestPoolCommands: deactivate a pool from the CLI, see a login into it refused with the
-// message and the active pools, list the pools, activate it again.
-func TestPoolCommands(t *testing.T) {
+// singleNode starts one node for the test and returns a runner of CLI commands against
+// it, run from the node's directory, that fails the test unless the command exits with
+// wantCode.
+func singleNode(t *testing.T) func(wantCode int, args ...string) e2e.Result {
+	t.Helper()
 	dir := t.TempDir()
 	node, err := e2e.NewNode(bin, "n1", dir)
 	if err != nil {
@@ -23,10 +25,10 @@ func TestPoolCommands(t *testing.T) {
 	if err := node.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer node.Kill()
+	t.Cleanup(node.Kill)
 	env := []string{"ROSTER_ENDPOINTS=" + node.URL()}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	run := func(wantCode int, args ...string) e2e.Result {
 		t.Helper()
 		res, err := bin.Run(ctx, dir, env, args...)
@@ -35,6 +37,13 @@ func TestPoolCommands(t *testing.T) {
 		}
 		return res
 	}
+	return run
+}
+
+// TestPoolCommands: deactivate a pool from the CLI, see a login into it refused with the
+// message and the active pools, list the pools, activate it again.
+func TestPoolCommands(t *testing.T) {
+	run := singleNode(t)
 
 	run(0, "session", "open", "--user", "alice", "--module", "sales", "--pool", "blue")
 	run(0, "session", "open", "--user", "bob", "--module", "sales", "--pool", "green")
@@ -70,26 +79,7 @@ func TestPoolCommands(t *testing.T) {
 // TestPoolDrain: 'roster pool drain' deactivates the pool, terminates the sessions still
 // open at the deadline, leaves other pools alone and exits 0 once the pool is empty.
 func TestPoolDrain(t *testing.T) {
-	dir := t.TempDir()
-	node, err := e2e.NewNode(bin, "n1", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer node.Kill()
-	env := []string{"ROSTER_ENDPOINTS=" + node.URL()}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	run := func(wantCode int, args ...string) e2e.Result {
-		t.Helper()
-		res, err := bin.Run(ctx, dir, env, args...)
-		if err != nil || res.ExitCode != wantCode {
-			t.Fatalf("roster %s: %v, exit %d (want %d)\n%s%s", strings.Join(args, " "), err, res.ExitCode, wantCode, res.Stdout, res.Stderr)
-		}
-		return res
-	}
+	run := singleNode(t)
 	for _, u := range []string{"a", "b", "c"} {
 		run(0, "session", "open", "--user", u, "--module", "sales", "--pool", "blue", "--ttl", "60s")
 	}
