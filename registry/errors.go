@@ -39,6 +39,10 @@ var (
 	ErrUnavailable = errors.New("registry: etcd unavailable")
 )
 
+// errCondition: a conditional end found its condition changed (the shutdown request
+// it enforces was cancelled or finished); internal, never answered.
+var errCondition = errors.New("registry: the condition of the change no longer holds")
+
 // FieldError says which field of a request is wrong and why.
 type FieldError struct {
 	Field   string
@@ -92,11 +96,16 @@ func (e *EndedError) Error() string {
 		s += "expired (its client stopped heartbeating)"
 	case EndClosed:
 		s += "was closed"
+	case EndShutdown:
+		s += "was shut down"
 	default:
 		s += "ended (" + string(d.Reason) + ")"
 	}
 	if d.By != "" && d.Reason != EndExpired {
 		s += " by " + d.By
+	}
+	if d.ShutdownID != "" {
+		s += " (shutdown request " + d.ShutdownID + ")"
 	}
 	if !d.At.IsZero() {
 		s += " at " + d.At.UTC().Format(time.RFC3339)

@@ -1,10 +1,12 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +29,13 @@ const (
 	EventExpired EventType = "expired" // its lease ran out
 	// EventShutdown: the session was ended by a shutdown of its pool or node.
 	EventShutdown EventType = "shutdown"
+	// EventShutdownRequested: a shutdown request covers the session (on a
+	// session stream) or was made (on the feed); Event.Shutdown says which,
+	// with its deadline and message.
+	EventShutdownRequested EventType = "shutdown_requested"
+	// EventShutdownCancelled: that request was cancelled; nothing will be
+	// terminated. By names who cancelled it.
+	EventShutdownCancelled EventType = "shutdown_cancelled"
 	// EventResync: the stream could not resume where asked (that history is
 	// compacted, or the revision is not of this cluster). Events in between
 	// are lost: re-read the sessions you follow. Its Rev is the revision the
@@ -54,14 +63,19 @@ type Event struct {
 	// as it was before the end (ExpiresInSeconds is then 0). A resync event
 	// has none.
 	Session Session `json:"session,omitzero"`
-	// Reason is the message given with the end: the kill reason, or why a
-	// session expired while the cluster was down.
+	// Shutdown is the request of a shutdown_requested or shutdown_cancelled
+	// event.
+	Shutdown *ShutdownNotice `json:"shutdown,omitempty"`
+	// Reason is the message given with the end: the kill reason, the
+	// shutdown request's message, or why a session expired while the
+	// cluster was down.
 	Reason string `json:"reason,omitempty"`
 	// By names who ended the session: a token name, "user:<tenant>/<user>",
-	// or "lease" for expiry.
+	// or "lease" for expiry; of a shutdown_cancelled event, who cancelled.
 	By string `json:"by,omitempty"`
-	// At is when the session was opened (to the second) or ended; for
-	// resync, when the stream resynchronized.
+	// At is when the session was opened (to the second) or ended, when the
+	// shutdown request was made or cancelled; for resync, when the stream
+	// resynchronized.
 	At time.Time `json:"at"`
 }
 
@@ -153,12 +167,14 @@ const eventsStreamKey = "roster-watch"
 
 // Events streams the events that match f from etcd revision fromRev on (0:
 // from now on, that is after Start). Events are derived from one watch of
-// the session records and tombstones, in revision order: a session record's
-// creation is "opened"; a tombstone's creation is the session's end, whose
-// type is its reason (closed, killed, expired or shutdown). Logout and kill
-// write the tombstone in the transaction that deletes the session; for an
-// expiry, the expiry watch of the first node to see the deletion writes it
-// once (see recordExpiry). So every ended session has exactly one end event,
+// the session records, shutdown requests and tombstones, in revision
+// order: a session record's creation is "opened"; a tombstone's creation is
+// the session's end, whose type is its reason (closed, killed, expired or
+// shutdown); a shutdown request's creation is "shutdown_requested" and its
+// cancellation "shutdown_cancelled". Logout and kill write the tombstone in
+// the transaction that deletes the session; for an expiry, the expiry
+// watch of the first node to see the deletion writes it once (see
+// recordExpiry). So every ended session has exactly one end event,
 // whatever deleted it.
 //
 // Who may watch what: admin and operator API tokens everything; a client API
@@ -170,15 +186,18 @@ const eventsStreamKey = "roster-watch"
 // continues after its Rev.
 //
 // With f.SessionID set the stream follows one session and does not need
-// etcd's history: it answers from the session's current record or
-// tombstone, then watches the tombstone's key. An unknown session is
-// ErrSessionNotFound. A session that has ended gives its end event at once
-// (and its opened event first if fromRev is not after it) and the stream
-// ends; if fromRev is after its end, Events returns its *EndedError instead,
-// since nothing more will happen to it. A live session gives its opened
-// event if fromRev is not after it, then its end when it comes, then the
-// stream ends. Such a stream never resyncs, except for a fromRev of
-// another history.
+// etcd's history: it answers from one read of the session's record or
+// tombstone and the shutdown requests, then watches the tombstone's key and
+// the requests. Its events are the session's opening, shutdown_requested
+// and shutdown_cancelled for each request that covers it, and its end. An
+// unknown session is ErrSessionNotFound. A stream from now on (fromRev 0)
+// of a live session begins with the pending requests that cover it (its
+// Start is then just before the oldest of them), so a client that connects
+// late still learns them; of an ended session it gives the end event at
+// once. With a fromRev it gives every event from fromRev on; if fromRev is
+// after the session's end, Events returns its *EndedError instead, since
+// nothing more will happen to it. The stream ends after the end event. It
+// never resyncs, except for a fromRev of another history.
 //
 // Errors of the setup (permission, filter, session not found, etcd
 // unreachable) are returned at once; later failures end the stream (see
@@ -294,7 +313,7 @@ func (r *Registry) allStream(ctx context.Context, s *EventStream, p Principal, f
 			wctx, cancel := context.WithCancel(watchCtx(ctx))
 			wch := r.cli.Watch(wctx, from, clientv3.WithRange(to), clientv3.WithRev(next),
 				clientv3.WithFilterDelete(), clientv3.WithProgressNotify())
-			end, err := r.pump(ctx, s, wch, &next, false, func(ev *clientv3.Event) (Event, bool) { return r.eventOf(ev, p, f) })
+			end, err := r.pump(ctx, s, wch, &next, func(ev *clientv3.Event) (Event, bool) { return r.eventOf(ev, p, f) })
 			cancel()
 			if err != nil || end != watchCompacted {
 				return err
@@ -320,11 +339,10 @@ const (
 	watchCompacted                 // the revision to resume from is compacted
 )
 
-// pump delivers the events of one watch until it ends; next is kept at the
-// revision to resume from. convert turns a watch event into a stream
-// event, or drops it. A session stream (untilEnd) stops after an end
-// event. An error says the watch failed.
-func (r *Registry) pump(ctx context.Context, s *EventStream, wch clientv3.WatchChan, next *int64, untilEnd bool, convert func(*clientv3.Event) (Event, bool)) (watchEnd, error) {
+// pump delivers the events of the feed's watch until it ends; next is kept
+// at the revision to resume from. convert turns a watch event into a
+// stream event, or drops it. An error says the watch failed.
+func (r *Registry) pump(ctx context.Context, s *EventStream, wch clientv3.WatchChan, next *int64, convert func(*clientv3.Event) (Event, bool)) (watchEnd, error) {
 	for resp := range wch {
 		switch {
 		case resp.CompactRevision != 0:
@@ -344,9 +362,6 @@ func (r *Registry) pump(ctx context.Context, s *EventStream, wch clientv3.WatchC
 				return watchStopped, nil
 			}
 			*next = ev.Kv.ModRevision + 1
-			if ok && untilEnd && e.Type.IsEnd() {
-				return watchStopped, nil
-			}
 		}
 		s.progress.Store(*next - 1)
 	}
@@ -360,12 +375,14 @@ func (r *Registry) pump(ctx context.Context, s *EventStream, wch clientv3.WatchC
 // selects; anything else is dropped.
 func (r *Registry) eventOf(ev *clientv3.Event, p Principal, f EventFilter) (Event, bool) {
 	kv := ev.Kv
-	if ev.Type != mvccpb.PUT || kv.CreateRevision != kv.ModRevision {
-		return Event{}, false // records and tombstones are written once; anything else is no event
+	if ev.Type != mvccpb.PUT {
+		return Event{}, false
 	}
 	var e Event
 	var o owner
 	switch key := string(kv.Key); {
+	case kv.CreateRevision != kv.ModRevision && !strings.HasPrefix(key, shutdownsPrefix):
+		return Event{}, false // records and tombstones are written once; anything else is no event
 	case strings.HasPrefix(key, sessionsPrefix):
 		rec, err := decodeRecord(kv)
 		if err != nil {
@@ -380,13 +397,62 @@ func (r *Registry) eventOf(ev *clientv3.Event, p Principal, f EventFilter) (Even
 			return Event{}, false
 		}
 		e, o = tomb.event(kv.ModRevision), ownerOf(nil, tomb)
+	case strings.HasPrefix(key, shutdownsPrefix):
+		return r.shutdownEvent(kv, p, f)
 	default:
-		return Event{}, false // the tokens between the two prefixes
+		return Event{}, false // the tokens between the prefixes
 	}
 	if !f.match(&e.Session) || p.mayWatch(o) != nil {
 		return Event{}, false
 	}
 	return e, true
+}
+
+// shutdownEvent turns a change of a shutdown request into a feed event: its
+// creation is shutdown_requested, its cancellation shutdown_cancelled. A
+// request matches a filter's tenant and pool where it has one (a pool's
+// spans tenants, a tenant's spans pools); the module filter does not apply.
+// Client tokens see the requests for tenants and pools; those for one
+// session only admins and operators see, on the feed (the session's own
+// stream has them).
+func (r *Registry) shutdownEvent(kv *mvccpb.KeyValue, p Principal, f EventFilter) (Event, bool) {
+	s, err := decodeShutdown(kv)
+	if err != nil {
+		r.log.Warn("undecodable shutdown request in an event stream", "key", string(kv.Key), "error", err)
+		return Event{}, false
+	}
+	e, ok := s.event(kv.ModRevision)
+	switch {
+	case !ok,
+		f.Tenant != "" && s.Tenant != "" && f.Tenant != s.Tenant,
+		f.Pool != "" && s.Pool != "" && f.Pool != s.Pool,
+		s.Scope == ScopeSession && p.Role != RoleAdmin && p.Role != RoleOperator:
+		return Event{}, false
+	}
+	return e, true
+}
+
+// requested is the shutdown_requested event of s.
+func (s *storedShutdown) requested() Event {
+	return Event{Rev: s.createRev, Type: EventShutdownRequested, Shutdown: s.notice(), Reason: s.Message, By: s.RequestedBy, At: s.CreatedAt}
+}
+
+// event is the event of the change of s made at revision rev: its creation
+// or its cancellation. A request is written pending, and cancelled or done
+// once; only a done request is written again (by a second enforcer adding
+// to its count), which is no event.
+func (s *storedShutdown) event(rev int64) (Event, bool) {
+	switch {
+	case rev == s.createRev && s.State == ShutdownPending:
+		return s.requested(), true
+	case rev != s.createRev && s.State == ShutdownCancelled:
+		e := Event{Rev: rev, Type: EventShutdownCancelled, Shutdown: s.notice(), By: s.By, At: s.CreatedAt}
+		if s.FinishedAt != nil {
+			e.At = *s.FinishedAt
+		}
+		return e, true
+	}
+	return Event{}, false
 }
 
 // mayWatch: admins and operators, the client token that opened it, the
@@ -435,27 +501,46 @@ func decodeTombstone(v []byte) (*tombstone, error) {
 }
 
 // sessionState is a session as one read sees it: its record or its
-// tombstone (created at tombRev), at revision rev.
+// tombstone (created at tombRev), and every shutdown request, at revision
+// rev.
 type sessionState struct {
-	rec     *record
-	tomb    *tombstone
-	tombRev int64
-	rev     int64
+	rec       *record
+	tomb      *tombstone
+	tombRev   int64
+	rev       int64
+	shutdowns []storedShutdown
 }
 
-// readSession reads a session's record and tombstone in one linearizable
-// read. A session whose lease ran out a moment ago has neither until the
-// expiry watch writes its tombstone, so then it waits for the watch to pass
-// the read and reads the tombstone again.
+// session returns the session as recorded and the revision it was opened
+// at; nil for an ended session whose tombstone kept no session.
+func (st *sessionState) session() (*Session, int64) {
+	switch {
+	case st.rec != nil:
+		return &st.rec.Session, st.rec.createRev
+	case st.tomb.Session != nil:
+		return st.tomb.Session, st.tomb.SessionRev
+	}
+	return nil, 0
+}
+
+// readSession reads a session's record and tombstone, and the shutdown
+// requests, in one linearizable read. A session whose lease ran out a
+// moment ago has neither record nor tombstone until the expiry watch
+// writes the tombstone, so then it waits for the watch to pass the read and
+// reads the tombstone again.
 func (r *Registry) readSession(ctx context.Context, id string) (sessionState, error) {
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	resp, err := r.cli.Txn(cctx).Then(clientv3.OpGet(sessionKey(id)), clientv3.OpGet(tombstoneKey(id))).Commit()
+	resp, err := r.cli.Txn(cctx).Then(clientv3.OpGet(sessionKey(id)), clientv3.OpGet(tombstoneKey(id)),
+		clientv3.OpGet(shutdownsPrefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return sessionState{}, translate("read session", err)
 	}
 	st := sessionState{rev: resp.Header.Revision}
 	recs, tombs := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	if st.shutdowns, err = decodeShutdowns(resp.Responses[2].GetResponseRange().Kvs); err != nil {
+		return sessionState{}, err
+	}
 	if len(recs) == 0 && len(tombs) == 0 && r.waitWatched(cctx, st.rev) {
 		again, err := r.cli.Get(cctx, tombstoneKey(id))
 		if err != nil {
@@ -479,8 +564,49 @@ func (r *Registry) readSession(ctx context.Context, id string) (sessionState, er
 	return st, nil
 }
 
+// events returns the session's events that st shows at revision from or
+// later, in revision order, up to its end: its opening, the creation and
+// cancellation of each shutdown request that covered it while it was
+// open, its end.
+func (st *sessionState) events(from int64) []Event {
+	var out []Event
+	if st.rec != nil {
+		out = append(out, openedEvent(st.rec))
+	} else if o, ok := st.tomb.opened(); ok {
+		out = append(out, o)
+	}
+	if sess, openRev := st.session(); sess != nil {
+		for i := range st.shutdowns {
+			sh := &st.shutdowns[i]
+			if !sh.covers(sess) || (sh.State != ShutdownPending && sh.modRev < openRev) {
+				continue // finished before the session opened
+			}
+			out = append(out, sh.requested())
+			if e, ok := sh.event(sh.modRev); ok && e.Type == EventShutdownCancelled {
+				out = append(out, e)
+			}
+		}
+	}
+	if st.tomb != nil {
+		out = append(out, st.tomb.event(st.tombRev))
+	}
+	slices.SortStableFunc(out, func(a, b Event) int { return cmp.Compare(a.Rev, b.Rev) })
+	kept := out[:0]
+	for _, e := range out {
+		if e.Rev >= from {
+			kept = append(kept, e)
+		}
+		if e.Type.IsEnd() {
+			break
+		}
+	}
+	return kept
+}
+
 // sessionStream sets up the stream of one session (see Events) and returns
-// its loop.
+// its loop. It needs no etcd history: it starts from what one read shows
+// (sessionState.events), then watches the session's tombstone and the
+// shutdown requests.
 func (r *Registry) sessionStream(ctx context.Context, s *EventStream, p Principal, f EventFilter, fromRev int64) (func(context.Context) error, error) {
 	st, err := r.readSession(ctx, f.SessionID)
 	if err != nil {
@@ -489,48 +615,69 @@ func (r *Registry) sessionStream(ctx context.Context, s *EventStream, p Principa
 	if err := p.mayWatch(ownerOf(st.rec, st.tomb)); err != nil {
 		return nil, err
 	}
-	var pre []Event
-	if fromRev > st.rev+1 {
-		pre, fromRev = append(pre, resyncEvent(st.rev)), 0
+	resync := fromRev > st.rev+1
+	if resync {
+		fromRev = 0
 	}
+	sess, _ := st.session()
 	switch {
+	case st.tomb != nil && fromRev > st.tombRev:
+		return nil, &EndedError{Ended: st.tomb.Ended}
 	case fromRev > 0:
-		s.start = fromRev - 1
 	case st.tomb != nil:
-		s.start = st.tombRev - 1 // its end event comes at once
+		fromRev = st.tombRev // its end event comes at once
 	default:
-		s.start = st.rev
+		// A new stream begins with the pending requests that cover the
+		// session, so a client that connects late still learns them.
+		fromRev = st.rev + 1
+		for _, sh := range st.shutdowns {
+			if sh.State == ShutdownPending && sh.covers(sess) {
+				fromRev = min(fromRev, sh.createRev)
+			}
+		}
 	}
+	s.start = fromRev - 1
 	s.progress.Store(s.start)
-	if st.tomb != nil {
-		if fromRev > st.tombRev {
-			return nil, &EndedError{Ended: st.tomb.Ended}
-		}
-		if o, ok := st.tomb.opened(); ok && fromRev > 0 && o.Rev >= fromRev {
-			pre = append(pre, o)
-		}
-		pre = append(pre, st.tomb.event(st.tombRev))
-	} else if o := openedEvent(st.rec); fromRev > 0 && o.Rev >= fromRev {
-		pre = append(pre, o)
+	pre := st.events(fromRev)
+	if resync {
+		pre = append([]Event{resyncEvent(s.start)}, pre...)
 	}
 	return func(ctx context.Context) error {
+		sent := s.start
 		for _, e := range pre {
 			if !s.send(ctx, e) || e.Type.IsEnd() {
 				return nil
 			}
+			sent = e.Rev
 		}
-		// Only the tombstone's creation is left to come.
 		next := st.rev + 1
 		for {
 			wctx, cancel := context.WithCancel(watchCtx(ctx))
-			wch := r.cli.Watch(wctx, tombstoneKey(f.SessionID), clientv3.WithRev(next), clientv3.WithFilterDelete())
-			end, err := r.pump(ctx, s, wch, &next, true, func(ev *clientv3.Event) (Event, bool) { return r.eventOf(ev, p, f) })
+			tch := r.cli.Watch(wctx, tombstoneKey(f.SessionID), clientv3.WithRev(next), clientv3.WithFilterDelete())
+			sch := r.cli.Watch(wctx, shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithRev(next), clientv3.WithFilterDelete())
+			end, err := r.pumpSession(ctx, s, tch, sch, &sent, func(ev *clientv3.Event) []Event {
+				if strings.HasPrefix(string(ev.Kv.Key), shutdownsPrefix) {
+					sh, err := decodeShutdown(ev.Kv)
+					if err != nil || sess == nil || !sh.covers(sess) {
+						return nil
+					}
+					e, ok := sh.event(ev.Kv.ModRevision)
+					return one(e, ok)
+				}
+				e, ok := r.eventOf(ev, p, f)
+				if !ok || e.Type != EventShutdown {
+					return one(e, ok)
+				}
+				// The request's own watch may not have delivered it yet:
+				// its shutdown_requested comes first all the same.
+				return append(r.requestOf(ctx, ev.Kv.Value, ev.Kv.ModRevision, sent), e)
+			})
 			cancel()
 			if err != nil || end != watchCompacted {
 				return err
 			}
-			// The watch fell behind a compaction: the tombstone, if it came
-			// meanwhile, is still there.
+			// A watch fell behind a compaction: read what happened
+			// meanwhile instead.
 			st, err := r.readSession(ctx, f.SessionID)
 			if errors.Is(err, ErrSessionNotFound) {
 				return nil // ended so long ago that even its tombstone is gone
@@ -538,11 +685,80 @@ func (r *Registry) sessionStream(ctx context.Context, s *EventStream, p Principa
 			if err != nil {
 				return err
 			}
-			if st.tomb != nil {
-				s.send(ctx, st.tomb.event(st.tombRev))
-				return nil
+			for _, e := range st.events(sent + 1) {
+				if !s.send(ctx, e) || e.Type.IsEnd() {
+					return nil
+				}
+				sent = e.Rev
 			}
 			next = st.rev + 1
 		}
 	}, nil
+}
+
+// pumpSession delivers the events of a session stream's two watches, the
+// tombstone's and the shutdown requests', until the session's end; sent
+// is kept at the last revision delivered. Each watch delivers in revision
+// order; an event of one that is not after what the other delivered can
+// only be a shutdown event overtaken by the end, and the end ends the
+// stream.
+func (r *Registry) pumpSession(ctx context.Context, s *EventStream, tch, sch clientv3.WatchChan, sent *int64, convert func(*clientv3.Event) []Event) (watchEnd, error) {
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-tch:
+		case resp, ok = <-sch:
+		}
+		switch {
+		case !ok && ctx.Err() != nil:
+			return watchStopped, nil
+		case !ok:
+			return watchStopped, fmt.Errorf("%w: the event watch closed", ErrUnavailable)
+		case resp.CompactRevision != 0:
+			return watchCompacted, nil
+		case resp.Err() != nil:
+			return watchStopped, translate("watch events", resp.Err())
+		}
+		for _, ev := range resp.Events {
+			for _, e := range convert(ev) {
+				if e.Rev <= *sent {
+					continue
+				}
+				if !s.send(ctx, e) || e.Type.IsEnd() {
+					return watchStopped, nil
+				}
+				*sent = e.Rev
+				s.progress.Store(e.Rev)
+			}
+		}
+	}
+}
+
+func one(e Event, ok bool) []Event {
+	if !ok {
+		return nil
+	}
+	return []Event{e}
+}
+
+// requestOf returns the shutdown_requested event of the request that
+// terminated a session, whose tombstone tomb was written at revision rev,
+// if it is after sent; it reads the request as of rev.
+func (r *Registry) requestOf(ctx context.Context, tomb []byte, rev, sent int64) []Event {
+	t, err := decodeTombstone(tomb)
+	if err != nil || t.ShutdownID == "" {
+		return nil
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, shutdownKey(t.ShutdownID), clientv3.WithRev(rev))
+	if err != nil || len(resp.Kvs) == 0 {
+		return nil // compacted or gone: the end event carries the message
+	}
+	sh, err := decodeShutdown(resp.Kvs[0])
+	if err != nil || sh.createRev <= sent {
+		return nil
+	}
+	return []Event{sh.requested()}
 }

@@ -121,6 +121,8 @@ type Registry struct {
 	// (watchShutdowns keeps it; heartbeats read it).
 	shutMu  sync.RWMutex
 	pending map[string]*Shutdown
+	// pendingChanged is closed and replaced whenever pending changes.
+	pendingChanged chan struct{}
 
 	// streamsMu orders the start of event streams (goStream) before
 	// Close's wait for them.
@@ -145,6 +147,7 @@ func New(cfg Config) (*Registry, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel, live: map[string]*record{}}
 	r.watched.ch = make(chan struct{})
+	r.pendingChanged = make(chan struct{})
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
 	return r, nil
 }
@@ -168,10 +171,14 @@ func (r *Registry) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.beacon(r.ctx)
 	}()
-	r.wg.Add(1)
+	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
 		r.watchShutdowns(r.ctx)
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.backstopShutdowns(r.ctx)
 	}()
 	return nil
 }

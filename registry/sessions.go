@@ -472,7 +472,10 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 // end deletes a session's keys and writes its tombstone in one
 // transaction, then revokes the lease. If the session ended meanwhile,
 // it answers how.
-func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, error) {
+//
+// Extra compares make the end conditional on more than the session: if one
+// fails while the session is still there, end returns errCondition.
+func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...clientv3.Cmp) (Ended, error) {
 	how.At = time.Now().UTC().Truncate(time.Second)
 	val, _ := json.Marshal(tombstoneOf(rec, how))
 	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
@@ -488,7 +491,7 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, erro
 			return Ended{}, err
 		}
 		resp, err = r.cli.Txn(cctx).
-			If(clientv3.Compare(clientv3.CreateRevision(sessionKey(rec.ID)), "=", rec.createRev)).
+			If(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(sessionKey(rec.ID)), "=", rec.createRev)}, extra...)...).
 			Then(append(ops, clientv3.OpPut(tombstoneKey(rec.ID), string(val), clientv3.WithLease(tl)))...).
 			Commit()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
@@ -498,6 +501,12 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended) (Ended, erro
 			return Ended{}, translate("end session", err)
 		}
 		break
+	}
+	if !resp.Succeeded && len(extra) > 0 {
+		if cur, err := r.cli.Get(cctx, sessionKey(rec.ID), clientv3.WithKeysOnly()); err == nil &&
+			len(cur.Kvs) == 1 && cur.Kvs[0].CreateRevision == rec.createRev {
+			return Ended{}, errCondition
+		}
 	}
 	r.forget(rec.ID)
 	if !resp.Succeeded {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -67,16 +68,25 @@ type Shutdown struct {
 }
 
 // ShutdownNotice tells a client in scope of a pending shutdown request what is coming;
-// heartbeats carry it.
+// heartbeats and the shutdown events of event streams carry it.
 type ShutdownNotice struct {
 	ID          string    `json:"id"`
+	Scope       string    `json:"scope"`
+	Session     string    `json:"session,omitempty"`
+	Tenant      string    `json:"tenant,omitempty"`
+	Pool        string    `json:"pool,omitempty"`
 	Deadline    time.Time `json:"deadline"`
 	Message     string    `json:"message,omitempty"`
 	RequestedBy string    `json:"requested_by"`
 }
 
-// covers reports whether the pending request s reaches session rec.
-func (s *Shutdown) covers(rec *record) bool {
+func (s *Shutdown) notice() *ShutdownNotice {
+	return &ShutdownNotice{ID: s.ID, Scope: s.Scope, Session: s.Session, Tenant: s.Tenant, Pool: s.Pool,
+		Deadline: s.Deadline, Message: s.Message, RequestedBy: s.RequestedBy}
+}
+
+// covers reports whether the request s reaches session rec.
+func (s *Shutdown) covers(rec *Session) bool {
 	switch s.Scope {
 	case ScopeSession:
 		return s.Session == rec.ID
@@ -214,11 +224,13 @@ func (r *Registry) Shutdowns(ctx context.Context, p Principal) ([]Shutdown, erro
 	if err := requireRole(p, "list shutdowns", RoleOperator, RoleAdmin); err != nil {
 		return nil, err
 	}
-	out, _, err := r.readShutdowns(ctx)
+	all, err := r.readShutdowns(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for i := range out {
+	out := make([]Shutdown, len(all))
+	for i := range all {
+		out[i] = all[i].Shutdown
 		if out[i].State == ShutdownPending {
 			if out[i].Open, err = r.openInScope(ctx, &out[i]); err != nil {
 				return nil, err
@@ -242,25 +254,42 @@ func (r *Registry) Shutdown(ctx context.Context, p Principal, id string) (Shutdo
 	return Shutdown{}, &notFoundError{sentinel: ErrShutdownNotFound, msg: "no shutdown request " + id}
 }
 
-// readShutdowns reads every shutdown request with its mod revision, newest first.
-func (r *Registry) readShutdowns(ctx context.Context) ([]Shutdown, []int64, error) {
+// storedShutdown is a shutdown request with the revisions of its key.
+type storedShutdown struct {
+	Shutdown
+	createRev, modRev int64
+}
+
+// readShutdowns reads every shutdown request, newest first.
+func (r *Registry) readShutdowns(ctx context.Context) ([]storedShutdown, error) {
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	resp, err := r.cli.Get(cctx, shutdownsPrefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, translate("read shutdown requests", err)
+		return nil, translate("read shutdown requests", err)
 	}
-	out := make([]Shutdown, 0, len(resp.Kvs))
-	revs := make([]int64, 0, len(resp.Kvs))
-	for i := len(resp.Kvs) - 1; i >= 0; i-- { // ids sort by time
-		var s Shutdown
-		if err := json.Unmarshal(resp.Kvs[i].Value, &s); err != nil {
-			return nil, nil, fmt.Errorf("registry: decode shutdown request %s: %w", resp.Kvs[i].Key, err)
+	return decodeShutdowns(resp.Kvs)
+}
+
+// decodeShutdowns decodes the shutdown requests read from etcd, newest first.
+func decodeShutdowns(kvs []*mvccpb.KeyValue) ([]storedShutdown, error) {
+	out := make([]storedShutdown, 0, len(kvs))
+	for i := len(kvs) - 1; i >= 0; i-- { // ids sort by time
+		s, err := decodeShutdown(kvs[i])
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, s)
-		revs = append(revs, resp.Kvs[i].ModRevision)
 	}
-	return out, revs, nil
+	return out, nil
+}
+
+func decodeShutdown(kv *mvccpb.KeyValue) (storedShutdown, error) {
+	s := storedShutdown{createRev: kv.CreateRevision, modRev: kv.ModRevision}
+	if err := json.Unmarshal(kv.Value, &s.Shutdown); err != nil {
+		return s, fmt.Errorf("registry: decode shutdown request %s: %w", kv.Key, err)
+	}
+	return s, nil
 }
 
 // openInScope counts the sessions in scope of s that are open now.
@@ -333,8 +362,11 @@ func (r *Registry) finish(ctx context.Context, id string, change func(*Shutdown)
 		if err := change(&s); err != nil {
 			return s, err
 		}
-		now := time.Now().UTC().Truncate(time.Second)
-		s.FinishedAt, s.Open = &now, 0
+		if s.FinishedAt == nil {
+			now := time.Now().UTC().Truncate(time.Second)
+			s.FinishedAt = &now
+		}
+		s.Open = 0
 		val, _ := json.Marshal(s)
 		ops := []clientv3.Op{clientv3.OpPut(shutdownKey(id), string(val))}
 		var cmps []clientv3.Cmp
@@ -383,30 +415,87 @@ func maintenance(val []byte) error {
 // has come, and marks the request done. It keeps nothing that matters in memory: each
 // round reads the requests from etcd, so a new duty leader enforces overdue deadlines at
 // once. It wakes at the next deadline, when a request changes, and every second.
+//
+// Every node also enforces a request left pending BackstopDelay after its deadline (see
+// backstopShutdowns), so a deadline holds while a new duty leader is being elected.
 func (r *Registry) EnforceShutdowns(ctx context.Context) error {
 	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	for {
-		next, err := r.enforceDue(ctx)
+		next, err := r.enforceDue(ctx, 0)
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("enforcing shutdown deadlines failed; retrying", "error", err)
 		}
-		wait := time.Second
-		if d := time.Until(next); !next.IsZero() && d < wait {
-			wait = max(d, 0)
-		}
-		select {
-		case <-ctx.Done():
+		if !r.sleepUntil(ctx, next, wch) {
 			return nil
-		case <-wch:
-		case <-time.After(wait):
 		}
 	}
 }
 
-// enforceDue enforces every pending request that is due and returns the next deadline
-// (zero when none is pending).
-func (r *Registry) enforceDue(ctx context.Context) (time.Time, error) {
-	all, _, err := r.readShutdowns(ctx)
+// BackstopDelay is how long after a deadline every node enforces a request the duty
+// leader has not finished.
+const BackstopDelay = time.Second
+
+// backstopShutdowns runs on every node until ctx ends: a pending request that is still
+// pending BackstopDelay after its deadline is enforced by this node. Several enforcers
+// are harmless: a session is ended once, and each counts only what it ended.
+func (r *Registry) backstopShutdowns(ctx context.Context) {
+	for {
+		var next time.Time
+		r.shutMu.RLock()
+		for _, s := range r.pending {
+			if next.IsZero() || s.Deadline.Before(next) {
+				next = s.Deadline
+			}
+		}
+		changed := r.pendingChanged
+		r.shutMu.RUnlock()
+		if !next.IsZero() {
+			next = next.Add(BackstopDelay)
+			if !time.Now().Before(next) {
+				if _, err := r.enforceDue(ctx, BackstopDelay); err != nil && ctx.Err() == nil {
+					r.log.Warn("enforcing an overdue shutdown deadline failed; retrying", "error", err)
+				}
+				next = time.Now().Add(time.Second) // the cache catches up meanwhile
+			}
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = time.Until(next)
+		}
+		t := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-changed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// sleepUntil waits until next (at most a second; zero means a second), a change on
+// wch, or the end of ctx; it reports false when ctx ended.
+func (r *Registry) sleepUntil(ctx context.Context, next time.Time, wch clientv3.WatchChan) bool {
+	wait := time.Second
+	if d := time.Until(next); !next.IsZero() && d < wait {
+		wait = max(d, 0)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-wch:
+	case <-t.C:
+	}
+	return true
+}
+
+// enforceDue enforces every pending request whose deadline passed at least late ago,
+// and returns the next such moment (zero when none is pending).
+func (r *Registry) enforceDue(ctx context.Context, late time.Duration) (time.Time, error) {
+	all, err := r.readShutdowns(ctx)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -417,37 +506,54 @@ func (r *Registry) enforceDue(ctx context.Context) (time.Time, error) {
 		if s.State != ShutdownPending {
 			continue
 		}
-		if time.Now().Before(s.Deadline) {
-			if next.IsZero() || s.Deadline.Before(next) {
-				next = s.Deadline
+		if due := s.Deadline.Add(late); time.Now().Before(due) {
+			if next.IsZero() || due.Before(next) {
+				next = due
 			}
 			continue
 		}
-		n, err := r.terminateInScope(ctx, s)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if _, err := r.finish(ctx, s.ID, func(cur *Shutdown) error {
-			if cur.State != ShutdownPending {
-				return fmt.Errorf("%w: shutdown request %s is %s already", ErrShutdownFinished, s.ID, cur.State)
-			}
-			cur.State, cur.Terminated, cur.By = ShutdownDone, n, "node:"+r.cfg.Node
-			return nil
-		}); err != nil && !errors.Is(err, ErrShutdownFinished) {
+		if err := r.enforce(ctx, s); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return next, errors.Join(errs...)
 }
 
+// enforce terminates the sessions left in scope of the pending request s and marks it
+// done. If another node marked it done first, the sessions this one ended are added
+// to its count, so the count is exact however many nodes enforced it.
+func (r *Registry) enforce(ctx context.Context, s *storedShutdown) error {
+	n, err := r.terminateInScope(ctx, s)
+	if err != nil {
+		return err
+	}
+	_, err = r.finish(ctx, s.ID, func(cur *Shutdown) error {
+		switch {
+		case cur.State == ShutdownPending:
+			cur.State, cur.Terminated, cur.By = ShutdownDone, n, "node:"+r.cfg.Node
+			return nil
+		case cur.State == ShutdownDone && n > 0:
+			cur.Terminated += n
+			return nil
+		}
+		return fmt.Errorf("%w: shutdown request %s is %s already", ErrShutdownFinished, s.ID, cur.State)
+	})
+	if errors.Is(err, ErrShutdownFinished) {
+		return nil
+	}
+	return err
+}
+
 // terminateInScope ends every open session in scope of s with reason shutdown, 16 at a
-// time, and returns how many it ended.
-func (r *Registry) terminateInScope(ctx context.Context, s *Shutdown) (int, error) {
-	ids, err := r.idsInScope(ctx, s)
+// time, and returns how many it ended. Each end is conditional on the request being
+// unchanged since it was read, so nothing is ended after the request was cancelled, and
+// once another node has marked it done this one stops.
+func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown) (int, error) {
+	ids, err := r.idsInScope(ctx, &s.Shutdown)
 	if err != nil {
 		return 0, err
 	}
+	unchanged := clientv3.Compare(clientv3.ModRevision(shutdownKey(s.ID)), "=", s.modRev)
 	var mu sync.Mutex
 	ended := 0
 	var errs []error
@@ -459,14 +565,14 @@ func (r *Registry) terminateInScope(ctx context.Context, s *Shutdown) (int, erro
 			defer func() { <-sem }()
 			rec, _, err := r.lookup(ctx, id)
 			if err == nil && rec != nil {
-				_, err = r.end(ctx, rec, Ended{ID: id, Reason: EndShutdown, By: s.RequestedBy, Message: s.Message})
+				_, err = r.end(ctx, rec, Ended{ID: id, Reason: EndShutdown, By: s.RequestedBy, Message: s.Message, ShutdownID: s.ID}, unchanged)
 			}
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case err == nil && rec != nil:
 				ended++
-			case err != nil && !errors.Is(err, ErrSessionEnded) && !errors.Is(err, ErrSessionNotFound):
+			case err != nil && !errors.Is(err, ErrSessionEnded) && !errors.Is(err, ErrSessionNotFound) && !errors.Is(err, errCondition):
 				errs = append(errs, err)
 			}
 		})
@@ -485,21 +591,21 @@ func (r *Registry) pendingFor(rec *record) *ShutdownNotice {
 	defer r.shutMu.RUnlock()
 	var best *Shutdown
 	for _, s := range r.pending {
-		if s.covers(rec) && (best == nil || s.Deadline.Before(best.Deadline)) {
+		if s.covers(&rec.Session) && (best == nil || s.Deadline.Before(best.Deadline)) {
 			best = s
 		}
 	}
 	if best == nil {
 		return nil
 	}
-	return &ShutdownNotice{ID: best.ID, Deadline: best.Deadline, Message: best.Message, RequestedBy: best.RequestedBy}
+	return best.notice()
 }
 
-// watchShutdowns keeps the node's cache of pending requests, which heartbeats read,
-// until ctx ends.
+// watchShutdowns keeps the node's cache of pending shutdown requests, which heartbeats
+// and backstopShutdowns read, until ctx ends.
 func (r *Registry) watchShutdowns(ctx context.Context) {
 	for ctx.Err() == nil {
-		all, _, err := r.readShutdowns(ctx)
+		all, err := r.readShutdowns(ctx)
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -512,21 +618,23 @@ func (r *Registry) watchShutdowns(ctx context.Context) {
 		// Watch from after the read; on any watch error, read again.
 		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		for range wch {
-			if all, _, err := r.readShutdowns(ctx); err == nil {
+			if all, err := r.readShutdowns(ctx); err == nil {
 				r.setPending(all)
 			}
 		}
 	}
 }
 
-func (r *Registry) setPending(all []Shutdown) {
+func (r *Registry) setPending(all []storedShutdown) {
 	pending := map[string]*Shutdown{}
 	for i := range all {
 		if all[i].State == ShutdownPending {
-			pending[all[i].ID] = &all[i]
+			pending[all[i].ID] = &all[i].Shutdown
 		}
 	}
 	r.shutMu.Lock()
 	r.pending = pending
+	close(r.pendingChanged)
+	r.pendingChanged = make(chan struct{})
 	r.shutMu.Unlock()
 }

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -141,16 +142,65 @@ func TestShutdownOverdueEnforcedAtOnce(t *testing.T) {
 	r := newRegistry(t)
 	ctx := context.Background()
 	s1 := open(t, r, admin, registry.OpenRequest{User: "alice", Module: "sales", TTLSeconds: 60})
+	// The deadline passed a while ago, as the duty leader was down.
 	if _, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopeSession, Session: s1.ID, GraceSeconds: grace(0)}); err != nil {
 		t.Fatal(err)
-	}
-	time.Sleep(1500 * time.Millisecond)
-	if _, err := r.Get(ctx, admin, s1.ID); err != nil {
-		t.Fatalf("ended with no duty running: %v", err)
 	}
 	runDuty(t, r)
 	if reason := endedReason(t, r, s1.ID); reason != registry.EndShutdown {
 		t.Fatalf("ended %s", reason)
+	}
+}
+
+// TestShutdownBackstop: with no duty leader at all, every node enforces a request left
+// pending BackstopDelay after its deadline; the request is marked done by a node.
+func TestShutdownBackstop(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	s1 := open(t, r, admin, registry.OpenRequest{User: "alice", Module: "sales", TTLSeconds: 60})
+	req, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopeSession, Session: s1.ID, GraceSeconds: grace(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := endedReason(t, r, s1.ID); reason != registry.EndShutdown {
+		t.Fatalf("ended %s", reason)
+	}
+	done, err := r.Shutdown(ctx, admin, req.ID)
+	if err != nil || done.State != registry.ShutdownDone || done.Terminated != 1 || done.By != "node:n1" {
+		t.Fatalf("after the backstop: %+v, %v", done, err)
+	}
+}
+
+// TestShutdownEnforcersCountExactly: three nodes' duties and backstops enforce one
+// request at once; every session is ended once and the count is exact.
+func TestShutdownEnforcersCountExactly(t *testing.T) {
+	r := newRegistry(t)
+	r2, r3 := secondNode(t), secondNode(t)
+	ctx := context.Background()
+	const n = 120
+	var ids []string
+	for i := range n {
+		ids = append(ids, open(t, r, admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales", Pool: "blue", TTLSeconds: 60}).ID)
+	}
+	keep := open(t, r, admin, registry.OpenRequest{User: "green", Module: "sales", Pool: "green", TTLSeconds: 60})
+	req, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reg := range []*registry.Registry{r, r2, r3} {
+		runDuty(t, reg)
+	}
+	for _, id := range ids {
+		if reason := endedReason(t, r, id); reason != registry.EndShutdown {
+			t.Fatalf("session %s ended %s", id, reason)
+		}
+	}
+	eventually(t, 10*time.Second, "the request counts every termination", func() bool {
+		s, err := r.Shutdown(ctx, admin, req.ID)
+		return err == nil && s.State == registry.ShutdownDone && s.Terminated == n
+	})
+	if _, err := r.Get(ctx, admin, keep.ID); err != nil {
+		t.Fatalf("green session: %v", err)
 	}
 }
 

@@ -104,6 +104,8 @@ type Ended struct {
 	By      string    `json:"by,omitempty"`
 	Message string    `json:"message,omitempty"`
 	At      time.Time `json:"at"`
+	// ShutdownID is the shutdown request that terminated it (reason shutdown).
+	ShutdownID string `json:"shutdown_id,omitempty"`
 }
 
 // SessionPage is one page of a session listing.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/roster-dev/roster/registry"
 )
 
 const testID = "0193f2a1b2c3d4e5f60718293a4b5c6d"
@@ -42,6 +45,9 @@ type fakeAPI struct {
 	mu       sync.Mutex
 	requests []string // "METHOD /path?query token"
 	killed   bool     // heartbeats answer 410 killed
+	// events are the SSE blocks a session's event stream sends after its
+	// opening id; the stream then stays open.
+	events string
 	// snapshot is the body of GET /v1/cluster/snapshot, sent in chunks of
 	// chunk bytes (default: all at once) pace apart.
 	snapshot []byte
@@ -76,6 +82,15 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 			return
 		}
 		answer(http.StatusOK, `{"id":"`+testID+`","ttl_seconds":1,"expires_in_seconds":1}`)(w, r)
+	})
+	mux.HandleFunc("GET /v1/sessions/{id}/events", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		events := f.events
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "id: 1\n\n"+events)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
 	})
 	mux.HandleFunc("GET /v1/sessions", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("cursor") == "c1" {
@@ -274,27 +289,66 @@ func TestCommandOutput(t *testing.T) {
 }
 
 func TestHold(t *testing.T) {
+	deadline := time.Now().Add(3 * time.Second).UTC().Format(time.RFC3339Nano)
+	requested := `id: 5
+event: shutdown_requested
+data: {"rev":5,"type":"shutdown_requested","shutdown":{"id":"0193f2a1b2c3d4e5f60718293a4b5c00","scope":"pool","pool":"blue",` +
+		`"deadline":"` + deadline + `","message":"Release 26.4 goes live","requested_by":"ops"},"reason":"Release 26.4 goes live","by":"ops","at":"2026-11-21T11:00:00Z"}
+
+`
+	cancelled := `id: 6
+event: shutdown_cancelled
+data: {"rev":6,"type":"shutdown_cancelled","shutdown":{"id":"0193f2a1b2c3d4e5f60718293a4b5c00","scope":"pool","pool":"blue",` +
+		`"deadline":"` + deadline + `","requested_by":"ops"},"by":"boss","at":"2026-11-21T11:00:00Z"}
+
+`
+	terminated := `id: 7
+event: shutdown
+data: {"rev":7,"type":"shutdown","session":{"id":"` + testID + `"},"reason":"Release 26.4 goes live","by":"ops","at":"2026-11-21T11:00:00Z"}
+
+`
 	tests := []struct {
 		name       string
 		killed     bool // the session is killed: heartbeats answer 410
+		events     string
+		args       []string
+		signal     bool // "press Ctrl-C" after the first heartbeat
 		wantCode   int
-		wantStderr string
+		wantStderr []string // in this order
 		wantLogout bool
 	}{
 		{
-			name: "signal logs out", wantCode: exitOK,
-			wantStderr: "roster: session " + testID + " logged out\n", wantLogout: true,
+			name: "signal logs out", signal: true, wantCode: exitOK,
+			wantStderr: []string{"roster: session " + testID + " logged out\n"}, wantLogout: true,
 		},
 		{
 			name: "killed", killed: true, wantCode: exitEnded,
-			wantStderr: "session " + testID + " was killed by admin at 2026-11-21T11:00:00Z: PC crashed\n",
+			wantStderr: []string{"session " + testID + " was killed by admin at 2026-11-21T11:00:00Z: PC crashed\n"},
+		},
+		{
+			name: "shutdown warns, counts down, ends terminated", events: requested + terminated, wantCode: exitEnded,
+			wantStderr: []string{"roster: SHUTDOWN REQUESTED by ops: Release 26.4 goes live\n",
+				"roster: please save and log off; the session is terminated at", "(request 0193f2a1b2c3d4e5f60718293a4b5c00)",
+				"shut down by ops at 2026-11-21T11:00:00Z: Release 26.4 goes live\n"},
+		},
+		{
+			name: "close on shutdown", events: requested, args: []string{"--close-on-shutdown"}, wantCode: exitOK,
+			wantStderr: []string{"roster: SHUTDOWN REQUESTED by ops", "roster: logging out now, as shutdown request 0193f2a1b2c3d4e5f60718293a4b5c00 asks",
+				"roster: session " + testID + " logged out\n"},
+			wantLogout: true,
+		},
+		{
+			name: "cancelled", events: requested + cancelled, signal: true, wantCode: exitOK,
+			wantStderr: []string{"roster: SHUTDOWN REQUESTED by ops", "roster: shutdown request 0193f2a1b2c3d4e5f60718293a4b5c00 was cancelled by boss; the session goes on\n",
+				"logged out\n"},
+			wantLogout: true,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFakeAPI(t)
 			f.mu.Lock()
-			f.killed = tt.killed
+			f.killed, f.events = tt.killed, tt.events
 			f.mu.Unlock()
 			ctx, signal := context.WithCancel(context.Background())
 			defer signal()
@@ -304,18 +358,21 @@ func TestHold(t *testing.T) {
 			}
 			done := make(chan result, 1)
 			go func() {
-				code, stdout, stderr := runCLICtx(ctx, t, f.env(), "session", "open", "--user", "alice", "--module", "sales", "--hold")
+				args := append([]string{"session", "open", "--user", "alice", "--module", "sales", "--hold"}, tt.args...)
+				code, stdout, stderr := runCLICtx(ctx, t, f.env(), args...)
 				done <- result{code, stdout, stderr}
 			}()
-			if !tt.killed {
-				// Wait for a heartbeat, then "press Ctrl-C".
+			if tt.signal {
+				// Wait for a heartbeat and the events, then "press Ctrl-C".
 				deadline := time.Now().Add(5 * time.Second)
-				for !slices.ContainsFunc(f.seen(), func(r string) bool { return strings.Contains(r, "/heartbeat rs1.secret") }) {
+				for !slices.ContainsFunc(f.seen(), func(r string) bool { return strings.Contains(r, "/heartbeat rs1.secret") }) ||
+					!slices.ContainsFunc(f.seen(), func(r string) bool { return strings.Contains(r, "/events rs1.secret") }) {
 					if time.Now().After(deadline) {
 						t.Fatalf("no heartbeat with the session token; requests: %q", f.seen())
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
+				time.Sleep(100 * time.Millisecond) // the events are read
 				signal()
 			}
 			var res result
@@ -330,13 +387,53 @@ func TestHold(t *testing.T) {
 			if !strings.Contains(res.stdout, "TOKEN       rs1.secret") {
 				t.Errorf("the session was not printed:\n%s", res.stdout)
 			}
-			if !strings.Contains(res.stderr, "roster: holding session "+testID) || !strings.HasSuffix(res.stderr, tt.wantStderr) {
-				t.Errorf("stderr:\n%s\nwant it to say it holds and end with:\n%s", res.stderr, tt.wantStderr)
+			rest, ok := strings.CutPrefix(res.stderr, "roster: holding session "+testID)
+			for _, want := range tt.wantStderr {
+				_, after, found := strings.Cut(rest, want)
+				ok = ok && found
+				rest = after
+			}
+			if !ok || (len(tt.wantStderr) > 0 && !strings.HasSuffix(res.stderr, tt.wantStderr[len(tt.wantStderr)-1])) {
+				t.Errorf("stderr:\n%s\nwant it to say it holds, then in order (ending with the last):\n%q", res.stderr, tt.wantStderr)
 			}
 			logout := slices.Contains(f.seen(), "DELETE /v1/sessions/"+testID+" rs1.secret")
 			if logout != tt.wantLogout {
 				t.Errorf("logout with the session token sent: %v, want %v", logout, tt.wantLogout)
 			}
 		})
+	}
+}
+
+// TestShutdownCountdown: the countdown marks are every minute, every 10 s in
+// the last minute and each of the last 5 seconds, also when the timer fires
+// a little late.
+func TestShutdownCountdown(t *testing.T) {
+	var out bytes.Buffer
+	now := time.Date(2026, 11, 21, 11, 0, 0, 0, time.UTC)
+	w := &shutdownWatch{out: &lockedWriter{w: &out}, pending: map[string]*registry.ShutdownNotice{}}
+	w.requested(&registry.ShutdownNotice{ID: "r1", Deadline: now.Add(150 * time.Second), Message: "save", RequestedBy: "ops"})
+	var marks []string
+	for at := now; ; {
+		out.Reset()
+		next := w.tick(at)
+		if out.Len() > 0 {
+			marks = append(marks, strings.TrimSpace(out.String()))
+		}
+		if next == 0 {
+			break
+		}
+		at = at.Add(next + 30*time.Millisecond) // a timer fires late
+	}
+	want := []string{"2m", "1m", "50s", "40s", "30s", "20s", "10s", "5s", "4s", "3s", "2s", "1s"}
+	if len(marks) != len(want) {
+		t.Fatalf("marks %q, want %d of them: %q", marks, len(want), want)
+	}
+	for i, m := range marks {
+		if m != "roster: shutdown in "+want[i]+": save" {
+			t.Errorf("mark %d = %q, want shutdown in %s", i, m, want[i])
+		}
+	}
+	if w.tick(now.Add(151*time.Second)) != 0 {
+		t.Error("a countdown goes on past its deadline")
 	}
 }

@@ -30,7 +30,7 @@ const (
 	exitOK    = 0
 	exitError = 1 // the command failed
 	exitUsage = 2 // the command line is wrong
-	exitEnded = 3 // a held session was killed or expired
+	exitEnded = 3 // a held session was killed, expired or shut down
 )
 
 func main() {

@@ -37,7 +37,14 @@ Without --hold the session expires after its TTL unless something heartbeats it
 (roster session heartbeat ID --session-token TOKEN). With --hold roster keeps it
 alive, heartbeating every third of the TTL, until SIGINT or SIGTERM, then logs it
 out and exits 0. If the session ends otherwise, roster prints why on stderr and
-exits 3 when it was killed or expired (0 when it was logged out elsewhere).`,
+exits 3 when it was killed, expired or shut down (0 when it was logged out
+elsewhere).
+
+A held session follows its event stream. When an operator asks it to log off
+(roster shutdown request, roster pool drain), roster prints the message and a
+countdown to the deadline on stderr; with --close-on-shutdown it logs out at once
+instead (exit 0), as a client that saved its work would. A cancelled request is
+reported too. A session still open at the deadline is terminated: exit 3.`,
 			setup: func(fs *pflag.FlagSet) action {
 				o := &openFlags{}
 				o.define(fs)
@@ -105,8 +112,8 @@ type openFlags struct {
 	pid                  int64
 	ttl                  time.Duration
 	labels               []string
-	hold                 bool
-	fs                   *pflag.FlagSet
+	hold, closeOnShutdown bool
+	fs                    *pflag.FlagSet
 }
 
 func (o *openFlags) define(fs *pflag.FlagSet) {
@@ -122,6 +129,7 @@ func (o *openFlags) define(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ttl, "ttl", 0, "session TTL in whole seconds, e.g. 30s or 2m (server default: its --default-ttl)")
 	fs.StringArrayVar(&o.labels, "label", nil, "label `KEY=VALUE` (repeatable)")
 	fs.BoolVar(&o.hold, "hold", false, "keep the session alive until SIGINT/SIGTERM, then log out")
+	fs.BoolVar(&o.closeOnShutdown, "close-on-shutdown", false, "with --hold: log out at once when asked to by a shutdown request")
 	o.fs = fs
 }
 
@@ -143,6 +151,9 @@ func (o *openFlags) request() (registry.OpenRequest, error) {
 	}
 	if o.pid < 0 {
 		return req, usagef(path, "--pid %d: must be 0 or more", o.pid)
+	}
+	if o.closeOnShutdown && !o.hold {
+		return req, usagef(path, "--close-on-shutdown needs --hold")
 	}
 	if o.hold && (o.fs == nil || !o.fs.Changed("pid")) {
 		req.PID = int64(os.Getpid())
@@ -224,14 +235,16 @@ func (o *openFlags) run(ctx context.Context, inv *invocation) error {
 		}
 		return nil
 	}
-	return hold(ctx, inv, opened)
+	return hold(ctx, inv, opened, o.closeOnShutdown)
 }
 
 // hold keeps a session alive until ctx is done (SIGINT, SIGTERM), then logs
-// it out; or until it ends otherwise, which it reports.
-func hold(ctx context.Context, inv *invocation, opened registry.OpenedSession) error {
+// it out; or until it ends otherwise, which it reports. It follows the
+// session's events and warns of shutdown requests (see shutdownWatch).
+func hold(ctx context.Context, inv *invocation, opened registry.OpenedSession, closeOnShutdown bool) error {
 	stderr := &lockedWriter{w: inv.stderr}
 	failing := false // touched only by the heartbeat goroutine
+	notices := make(chan *registry.ShutdownNotice, 1)
 	hook := func(res registry.HeartbeatResult, err error) {
 		switch {
 		case err == nil && failing:
@@ -241,6 +254,12 @@ func hold(ctx context.Context, inv *invocation, opened registry.OpenedSession) e
 			failing = true
 			fmt.Fprintf(stderr, "roster: heartbeat failed; retrying until the session would expire: %s\n", describeError(err))
 		}
+		if err == nil && res.Shutdown != nil {
+			select { // a stream that works has told already; this is for one that does not
+			case notices <- res.Shutdown:
+			default:
+			}
+		}
 	}
 	interval := (time.Duration(opened.TTLSeconds) * time.Second / 3).Round(time.Millisecond)
 	fmt.Fprintf(stderr, "roster: holding session %s (heartbeat every %s); press Ctrl-C to log out\n", opened.ID, interval)
@@ -248,22 +267,146 @@ func hold(ctx context.Context, inv *invocation, opened registry.OpenedSession) e
 	if err != nil {
 		return err
 	}
-	select {
-	case <-s.Done():
-		_ = s.Close(ctx) // the session has ended: this only waits for the heartbeat goroutine
-		return reportEnd(stderr, s.Err())
-	case <-ctx.Done():
+	w := &shutdownWatch{out: stderr, pending: map[string]*registry.ShutdownNotice{}}
+	events := s.Events()
+	countdown := time.NewTimer(time.Hour)
+	countdown.Stop()
+	defer countdown.Stop()
+	for {
+		var n *registry.ShutdownNotice
+		select {
+		case <-s.Done():
+			_ = s.Close(ctx) // the session has ended: this only waits for the heartbeat goroutine
+			return reportEnd(stderr, s.Err())
+		case <-ctx.Done():
+			return logout(ctx, stderr, s)
+		case e, ok := <-events:
+			if !ok {
+				events = nil // the session ended (Done follows) or the stream gave up: heartbeats still tell
+				continue
+			}
+			switch e.Type {
+			case registry.EventShutdownRequested:
+				n = e.Shutdown
+			case registry.EventShutdownCancelled:
+				w.cancelled(e)
+			}
+		case n = <-notices:
+		case <-countdown.C:
+		}
+		if n != nil && w.requested(n) && closeOnShutdown {
+			fmt.Fprintf(stderr, "roster: logging out now, as shutdown request %s asks (--close-on-shutdown)\n", n.ID)
+			return logout(ctx, stderr, s)
+		}
+		if next := w.tick(time.Now()); next > 0 {
+			countdown.Reset(next)
+		}
 	}
+}
+
+// logout logs a held session out and reports it.
+func logout(ctx context.Context, stderr *lockedWriter, s *client.Session) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), logoutTimeout)
 	defer cancel()
 	if err := s.Close(cctx); err != nil {
 		return err
 	}
 	if s.Err() == client.ErrClosed {
-		fmt.Fprintf(stderr, "roster: session %s logged out\n", opened.ID)
+		fmt.Fprintf(stderr, "roster: session %s logged out\n", s.ID())
 		return nil
 	}
 	return reportEnd(stderr, s.Err()) // it ended on its own just before the logout
+}
+
+// shutdownWatch keeps the shutdown requests pending for a held session and
+// prints their warnings and countdown.
+type shutdownWatch struct {
+	out     *lockedWriter
+	pending map[string]*registry.ShutdownNotice
+	done    map[string]bool // cancelled: a late heartbeat notice must not revive it
+}
+
+// requested records request n and warns of it; it reports whether n is new.
+func (w *shutdownWatch) requested(n *registry.ShutdownNotice) bool {
+	if w.pending[n.ID] != nil || w.done[n.ID] {
+		return false
+	}
+	w.pending[n.ID] = n
+	msg := n.Message
+	if msg == "" {
+		msg = "(no message)"
+	}
+	fmt.Fprintf(w.out, "roster: SHUTDOWN REQUESTED by %s: %s\n", n.RequestedBy, msg)
+	fmt.Fprintf(w.out, "roster: please save and log off; the session is terminated at %s (in %s) unless it logs out first (request %s)\n",
+		formatTime(n.Deadline), untilDeadline(n.Deadline, time.Now()), n.ID)
+	return true
+}
+
+// cancelled forgets the cancelled request of e and says so.
+func (w *shutdownWatch) cancelled(e registry.Event) {
+	if e.Shutdown == nil {
+		return
+	}
+	if w.done == nil {
+		w.done = map[string]bool{}
+	}
+	w.done[e.Shutdown.ID] = true
+	delete(w.pending, e.Shutdown.ID)
+	fmt.Fprintf(w.out, "roster: shutdown request %s was cancelled by %s; the session goes on\n", e.Shutdown.ID, e.By)
+}
+
+// tick prints the countdown to the nearest deadline when one of its marks
+// has come, and returns the time to the next mark (0: nothing pending).
+// The marks: every minute, every 10 s in the last minute, each of the last
+// 5 seconds.
+func (w *shutdownWatch) tick(now time.Time) time.Duration {
+	var first *registry.ShutdownNotice
+	for _, n := range w.pending {
+		if first == nil || n.Deadline.Before(first.Deadline) {
+			first = n
+		}
+	}
+	if first == nil {
+		return 0
+	}
+	left := first.Deadline.Sub(now)
+	if left <= 0 {
+		return 0 // the termination comes as the session's end
+	}
+	// The timer may fire a little early or late.
+	const slack = 200 * time.Millisecond
+	if m := countdownMark(left + slack); m > 0 && left+slack-m < 2*slack {
+		msg := ""
+		if first.Message != "" {
+			msg = ": " + first.Message
+		}
+		fmt.Fprintf(w.out, "roster: shutdown in %s%s\n", formatSeconds(int64(m/time.Second)), msg)
+	}
+	if m := countdownMark(left - slack); m > 0 {
+		return left - m
+	}
+	return 0
+}
+
+// countdownMark returns the largest countdown mark not above d (0 if none):
+// every minute, every 10 s in the last minute, each of the last 5 seconds.
+func countdownMark(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Minute:
+		return d.Truncate(time.Minute)
+	case d >= 10*time.Second:
+		return d.Truncate(10 * time.Second)
+	case d >= 5*time.Second:
+		return 5 * time.Second
+	case d >= time.Second:
+		return d.Truncate(time.Second)
+	}
+	return 0
+}
+
+// untilDeadline shows the time left to deadline, in whole seconds.
+func untilDeadline(deadline, now time.Time) string {
+	return formatSeconds(int64(max(deadline.Sub(now).Round(time.Second), 0) / time.Second))
 }
 
 // endsSession reports whether a heartbeat error means the session is over.
@@ -276,10 +419,11 @@ func endsSession(err error) bool {
 }
 
 // reportEnd prints how a held session ended and returns the error that
-// gives the exit status: 3 for killed or expired, 0 for logged out elsewhere.
+// gives the exit status: 3 for killed, expired or shut down, 0 for logged out
+// elsewhere.
 func reportEnd(stderr *lockedWriter, err error) error {
 	switch {
-	case errors.Is(err, client.ErrKilled), errors.Is(err, client.ErrExpired):
+	case errors.Is(err, client.ErrKilled), errors.Is(err, client.ErrExpired), errors.Is(err, client.ErrShutdown):
 		fmt.Fprintln(stderr, err.Error())
 		return &exitCodeError{code: exitEnded}
 	case errors.Is(err, client.ErrClosed):

@@ -20,6 +20,9 @@ var (
 	// ErrClosed means the session was logged out; Session.Err returns it
 	// after Session.Close.
 	ErrClosed = errors.New("client: session closed")
+	// ErrShutdown means a shutdown request's deadline came while the session
+	// was still open, and it was terminated.
+	ErrShutdown = errors.New("client: session shut down")
 )
 
 // Sentinels for API answers that callers commonly branch on. An *APIError
@@ -37,6 +40,12 @@ var (
 	ErrUnauthenticated = errors.New("client: unauthenticated")
 	// ErrPermissionDenied means the token may not make the call (code "permission_denied").
 	ErrPermissionDenied = errors.New("client: permission denied")
+	// ErrPoolInactive means an open was refused because its pool is
+	// deactivated (code "pool_inactive"); the message names the active pools.
+	ErrPoolInactive = errors.New("client: pool inactive")
+	// ErrMaintenance means an open was refused because a shutdown of the
+	// whole tenant is pending (code "maintenance").
+	ErrMaintenance = errors.New("client: maintenance")
 )
 
 // codeSentinels maps the API's machine codes to the sentinels above; it is
@@ -50,6 +59,9 @@ var codeSentinels = map[string]error{
 	"killed":            ErrKilled,
 	"expired":           ErrExpired,
 	"closed":            ErrClosed,
+	"shutdown":          ErrShutdown,
+	"pool_inactive":     ErrPoolInactive,
+	"maintenance":       ErrMaintenance,
 }
 
 // APIError is an error answer of the API: {"error":{"code":"…","message":"…"}}.
@@ -107,7 +119,11 @@ func (e *EndedError) Error() string {
 	if e.ID != "" {
 		s += " " + e.ID
 	}
-	s += " was " + string(e.Reason)
+	if e.Reason == "shutdown" {
+		s += " was shut down"
+	} else {
+		s += " was " + string(e.Reason)
+	}
 	if e.By != "" {
 		s += " by " + e.By
 	}
