@@ -376,6 +376,18 @@ func (c *Cluster) Members(ctx context.Context) (Members, error) {
 // MembersFrom asks node n for GET /v1/cluster/members, as n sees them. The
 // token must have been read (Token) before.
 func (c *Cluster) MembersFrom(ctx context.Context, n *Node) (Members, error) {
+	a, err := c.membersAnswer(ctx, n)
+	return a.Members, err
+}
+
+// membersAnswer is the answer of GET /v1/cluster/members.
+type membersAnswer struct {
+	Members    Members `json:"members"`
+	DutyLeader string  `json:"duty_leader"`
+}
+
+func (c *Cluster) membersAnswer(ctx context.Context, n *Node) (membersAnswer, error) {
+	var body membersAnswer
 	c.mu.Lock()
 	tok := c.token
 	c.mu.Unlock()
@@ -383,28 +395,47 @@ func (c *Cluster) MembersFrom(ctx context.Context, n *Node) (Members, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/v1/cluster/members", nil)
 	if err != nil {
-		return nil, err
+		return body, err
 	}
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("e2e: members from %s: %w", n.Name, err)
+		return body, fmt.Errorf("e2e: members from %s: %w", n.Name, err)
 	}
 	defer resp.Body.Close()
-	var body struct {
-		Members Members `json:"members"`
-	}
 	dec := json.NewDecoder(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		var raw json.RawMessage
 		dec.Decode(&raw)
-		return nil, fmt.Errorf("e2e: members from %s: %s %s", n.Name, resp.Status, raw)
+		return body, fmt.Errorf("e2e: members from %s: %s %s", n.Name, resp.Status, raw)
 	}
 	if err := dec.Decode(&body); err != nil {
-		return nil, fmt.Errorf("e2e: members from %s: decode: %w", n.Name, err)
+		return body, fmt.Errorf("e2e: members from %s: decode: %w", n.Name, err)
 	}
 	sort.Slice(body.Members, func(i, j int) bool { return body.Members[i].Name < body.Members[j].Name })
-	return body.Members, nil
+	return body, nil
+}
+
+// DutyLeader waits until a running node names a running node as the duty
+// leader (the node that enforces shutdown deadlines) and returns it.
+func (c *Cluster) DutyLeader(ctx context.Context) *Node {
+	c.t.Helper()
+	for {
+		for _, n := range c.Running() {
+			a, err := c.membersAnswer(ctx, n)
+			if err != nil || a.DutyLeader == "" {
+				continue
+			}
+			if l := c.Node(a.DutyLeader); l != nil && l.Running() {
+				return l
+			}
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("e2e: no running duty leader: %v", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // WaitFor polls Members until cond holds and returns the members that

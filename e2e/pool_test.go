@@ -86,8 +86,8 @@ func TestPoolDrain(t *testing.T) {
 	run(0, "session", "open", "--user", "g", "--module", "sales", "--pool", "green", "--ttl", "60s")
 
 	res := run(0, "pool", "drain", "blue", "--grace", "3s", "--message", "Release 26.4 goes live at 18:00")
-	if !strings.Contains(res.Stdout, "pool blue drained: 3 sessions in it at the request, 3 terminated at the deadline") ||
-		!strings.Contains(res.Stderr, "pool blue: 3 sessions left") {
+	if !strings.Contains(res.Stdout, "pool blue drained: 3 sessions in it at the request; 0 logged off, 3 terminated at the deadline, 0 ended otherwise") ||
+		!strings.Contains(res.Stderr, "pool blue: 3 sessions left") || !strings.Contains(res.Stderr, "pool blue: 0 sessions left") {
 		t.Fatalf("pool drain printed:\n%s%s", res.Stdout, res.Stderr)
 	}
 	res = run(0, "session", "list", "-o", "json")

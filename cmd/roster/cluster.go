@@ -90,9 +90,17 @@ promoted to voters automatically.`,
 func runMembers(ctx context.Context, inv *invocation) error {
 	data, err := inv.do(ctx, http.MethodGet, "/v1/cluster/members", nil, nil)
 	return show(inv, data, err, func(res struct {
-		Members []cluster.MemberStatus `json:"members"`
+		Members    []cluster.MemberStatus `json:"members"`
+		DutyLeader *string                `json:"duty_leader"`
 	}) {
 		renderMembers(inv.stdout, res.Members)
+		if res.DutyLeader != nil {
+			leader := *res.DutyLeader
+			if leader == "" {
+				leader = "none (being elected)"
+			}
+			fmt.Fprintf(inv.stdout, "\nduty leader (shutdown deadlines): %s\n", leader)
+		}
 	})
 }
 

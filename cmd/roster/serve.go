@@ -201,7 +201,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	defer duties.Close()
 
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Node: f.name, Logger: log.With("component", "api")}),
+		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Duties: duties, Node: f.name, Logger: log.With("component", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// A request body (at most 1 MiB) must arrive within this; a
 		// client that trickles it does not hold a connection longer.

@@ -27,7 +27,10 @@ type Config struct {
 	// Cluster serves the /v1/cluster endpoints; nil makes them answer 503
 	// unavailable.
 	Cluster Cluster
-	Logger  *slog.Logger // nil discards
+	// Duties names the node that runs the singleton duties (the ha leader),
+	// shown by GET /v1/cluster/members; nil leaves it out.
+	Duties DutyLeader
+	Logger *slog.Logger // nil discards
 	// EventKeepAlive is how often an idle event stream sends a keepalive
 	// comment; 0 means DefaultEventKeepAlive.
 	EventKeepAlive time.Duration
@@ -37,6 +40,7 @@ type server struct {
 	reg       *registry.Registry
 	node      string
 	cluster   Cluster
+	duties    DutyLeader
 	log       *slog.Logger
 	keepAlive time.Duration
 	shutdownState
@@ -48,7 +52,7 @@ func New(cfg Config) http.Handler {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	s := &server{reg: cfg.Registry, node: cfg.Node, cluster: cfg.Cluster, log: log, keepAlive: cfg.EventKeepAlive}
+	s := &server{reg: cfg.Registry, node: cfg.Node, cluster: cfg.Cluster, duties: cfg.Duties, log: log, keepAlive: cfg.EventKeepAlive}
 	if s.keepAlive <= 0 {
 		s.keepAlive = DefaultEventKeepAlive
 	}

@@ -20,6 +20,11 @@ type Cluster interface {
 	Snapshot(ctx context.Context, w io.Writer) error
 }
 
+// DutyLeader tells which node runs the singleton duties (ha.Runner).
+type DutyLeader interface {
+	Leader(ctx context.Context) (string, error)
+}
+
 // errNoCluster answers the cluster endpoints of a node configured without a
 // cluster layer.
 var errNoCluster = fmt.Errorf("%w: node serves no cluster endpoints (it was started without a cluster layer); ask another node", registry.ErrUnavailable)
@@ -60,7 +65,16 @@ func (s *server) listMembers(w http.ResponseWriter, r *http.Request, p registry.
 	if members == nil {
 		members = []cluster.MemberStatus{} // [] rather than null
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"members": members})
+	answer := map[string]any{"members": members}
+	if s.duties != nil {
+		// Best effort: during quorum loss the members still answer.
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if name, err := s.duties.Leader(ctx); err == nil {
+			answer["duty_leader"] = name
+		}
+	}
+	writeJSON(w, http.StatusOK, answer)
 }
 
 // snapshot streams an etcd snapshot. The status and headers go out with the
