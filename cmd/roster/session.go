@@ -107,11 +107,11 @@ to a session token of a user with the interrupt-sessions right, within its tenan
 
 // openFlags are the flags of session open.
 type openFlags struct {
-	user, module, tenant string
-	host, os, kind, pool string
-	pid                  int64
-	ttl                  time.Duration
-	labels               []string
+	user, module, tenant  string
+	host, os, kind, pool  string
+	pid                   int64
+	ttl                   time.Duration
+	labels                []string
 	hold, closeOnShutdown bool
 	fs                    *pflag.FlagSet
 }
