@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -355,11 +356,13 @@ type heldCLI struct {
 }
 
 // startHold runs 'roster session open --user user --module cli --ttl 6s --hold'
-// with ROSTER_ENDPOINTS listing nodes in order, and waits for its session.
-func startHold(ctx context.Context, t *testing.T, c *e2e.Cluster, nodes []*e2e.Node, user string) *heldCLI {
+// and extra flags with ROSTER_ENDPOINTS listing nodes in order, and waits for
+// its session.
+func startHold(ctx context.Context, t *testing.T, c *e2e.Cluster, nodes []*e2e.Node, user string, extra ...string) *heldCLI {
 	t.Helper()
 	env := []string{"ROSTER_ENDPOINTS=" + strings.Join(c.URLs(nodes...), ","), "ROSTER_TOKEN=" + c.Token()}
-	cmd := bin.Command(t.TempDir(), env, "session", "open", "--user", user, "--module", "cli", "--ttl", "6s", "--hold")
+	args := append([]string{"session", "open", "--user", user, "--module", "cli", "--ttl", "6s", "--hold"}, extra...)
+	cmd := bin.Command(t.TempDir(), env, args...)
 	h := &heldCLI{out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = h.out, h.err
 	if err := cmd.Start(); err != nil {
@@ -383,6 +386,36 @@ func startHold(ctx context.Context, t *testing.T, c *e2e.Cluster, nodes []*e2e.N
 		}
 	}
 	return h
+}
+
+// wait waits for the hold to exit and returns its exit status (-1 if it was
+// killed by a signal).
+func (h *heldCLI) wait(ctx context.Context, t *testing.T) int {
+	t.Helper()
+	select {
+	case err := <-h.done:
+		if err == nil {
+			return 0
+		}
+		if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+			return ee.ExitCode()
+		}
+		t.Fatalf("session open --hold: %v", err)
+	case <-ctx.Done():
+		t.Fatalf("session open --hold %s did not exit:\n%s%s", h.id, h.out, h.err)
+	}
+	return 0
+}
+
+// running reports whether the hold still runs.
+func (h *heldCLI) running() bool {
+	select {
+	case err := <-h.done:
+		h.done <- err // for wait
+		return false
+	default:
+		return true
+	}
 }
 
 // check asserts that the hold still runs and its session is alive.
