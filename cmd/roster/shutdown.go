@@ -239,9 +239,11 @@ func (d *drain) recheck(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := decodeAnswer(data, &d.req); err != nil {
+	var req registry.Shutdown // fresh: fields left out of the answer are zero
+	if err := decodeAnswer(data, &req); err != nil {
 		return err
 	}
+	d.req = req
 	switch d.req.State {
 	case registry.ShutdownCancelled:
 		return fmt.Errorf("shutdown request %s was cancelled by %s; pool %s stays inactive with %d sessions (roster pool activate %s)",
@@ -275,8 +277,24 @@ func (d *drain) progress(force bool) {
 
 // finish prints the outcome: a sentence, or with -o json the summary.
 func (d *drain) finish(ctx context.Context) error {
-	if data, err := d.inv.do(ctx, http.MethodGet, "/v1/shutdowns/"+d.req.ID, nil, nil); err == nil {
-		_ = decodeAnswer(data, &d.req)
+	// Past the deadline the enforcer marks the request done right after its
+	// last termination: wait a little for that, for the final counts. A pool
+	// that emptied before the deadline leaves the request pending until then.
+	for wait := time.Now().Add(5 * time.Second); ; {
+		if data, err := d.inv.do(ctx, http.MethodGet, "/v1/shutdowns/"+d.req.ID, nil, nil); err == nil {
+			var req registry.Shutdown
+			if decodeAnswer(data, &req) == nil {
+				d.req = req
+			}
+		}
+		if d.req.State != registry.ShutdownPending || time.Now().Before(d.req.Deadline) || time.Now().After(wait) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	sum := drainSummary{Pool: d.pool, RequestID: d.req.ID, InScope: d.req.InScope, Deadline: d.req.Deadline,
 		DrainedAt: time.Now().UTC().Truncate(time.Millisecond), Request: d.req}
