@@ -1,6 +1,10 @@
 package registry
 
-import clientv3 "go.etcd.io/etcd/client/v3"
+import (
+	"fmt"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
 
 // Every etcd key Roster writes is built in this file. The layout (all under
 // root):
@@ -18,6 +22,8 @@ import clientv3 "go.etcd.io/etcd/client/v3"
 //	pools/<pool>                               an inactive pool's state (JSON); active pools have none
 //	shutdowns/<id>                             a shutdown request (JSON)
 //	maint/<tenant>                             the pending "all" shutdown request of a tenant (JSON)
+//	licenses/<tenant>/<module>                 a module's licence: its seats (JSON)
+//	seats/<tenant>/<module>/<slot>             a seat held by a session (JSON SeatHolder), on the session's lease; slot is 6 digits
 //	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
@@ -39,6 +45,8 @@ const (
 	poolsPrefix      = root + "pools/"
 	shutdownsPrefix  = root + "shutdowns/"
 	maintPrefix      = root + "maint/"
+	licensesPrefix   = root + "licenses/"
+	seatsPrefix      = root + "seats/"
 	aliveKey         = root + "alive"
 )
 
@@ -78,3 +86,9 @@ func userKey(tenant, user string) string { return usersPrefix + tenant + "/" + u
 func usersOfTenant(tenant string) string { return usersPrefix + tenant + "/" }
 func tokenHashKey(hash string) string    { return tokenHashPrefix + hash }
 func tokenNameKey(name string) string    { return tokenNamePrefix + name }
+
+func licenseKey(tenant, module string) string { return licensesPrefix + tenant + "/" + module }
+func seatPrefix(tenant, module string) string { return seatsPrefix + tenant + "/" + module + "/" }
+func seatKey(tenant, module string, slot int) string {
+	return fmt.Sprintf("%s%06d", seatPrefix(tenant, module), slot)
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -22,6 +23,8 @@ type record struct {
 	// OpenedByToken is the id of the API token that opened the session:
 	// ownership goes by it, not by the token's (reusable) name.
 	OpenedByToken string `json:"opened_by_token"`
+	// Seat is the key of the licence seat the session holds, if its module has a licence.
+	Seat string `json:"seat,omitempty"`
 
 	createRev int64 // from etcd, not stored
 }
@@ -170,30 +173,39 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		TokenHash:     hashToken(token),
 		OpenedByToken: p.TokenID,
 	}
-	val, err := json.Marshal(rec)
-	if err != nil {
-		return OpenedSession{}, fmt.Errorf("registry: encode session: %w", err)
-	}
 	attrs, _ := json.Marshal(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedByToken})
-	puts := []clientv3.Op{clientv3.OpPut(sessionKey(id), string(val), clientv3.WithLease(lease))}
-	for _, k := range indexKeys(&rec) {
-		puts = append(puts, clientv3.OpPut(k, string(attrs), clientv3.WithLease(lease)))
-	}
 	held := userModulePrefix(rec.Tenant, rec.User, rec.Module)
 
 	// The rights are read first and the transaction compares the user
 	// entry's revision, so a right revoked meanwhile is never used; on
-	// such a race it reads the rights again.
-	for attempt := 0; attempt < 5; attempt++ {
-		user, userRev, err := r.readUser(ctx, rec.Tenant, rec.User)
+	// such a race it reads the rights again. A licence seat taken by a
+	// concurrent open is no such race: it picks another seat.
+	for attempt := 0; attempt < 5; {
+		user, userRev, reads, err := r.readUser(ctx, rec.Tenant, rec.User, seatReads(&rec)...)
 		if err != nil {
 			return OpenedSession{}, err
 		}
-		cmps := []clientv3.Cmp{
+		seat, err := planSeat(&rec, reads, 1)
+		if err != nil {
+			return OpenedSession{}, err
+		}
+		rec.Seat = seat.key
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return OpenedSession{}, fmt.Errorf("registry: encode session: %w", err)
+		}
+		puts := []clientv3.Op{clientv3.OpPut(sessionKey(id), string(val), clientv3.WithLease(lease))}
+		for _, k := range indexKeys(&rec) {
+			puts = append(puts, clientv3.OpPut(k, string(attrs), clientv3.WithLease(lease)))
+		}
+		if seat.key != "" {
+			puts = append(puts, seat.put)
+		}
+		cmps := append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev),
 			clientv3.Compare(clientv3.Version(poolKey(rec.Pool)), "=", 0),    // the pool is active
 			clientv3.Compare(clientv3.Version(maintKey(rec.Tenant)), "=", 0), // no "all" shutdown pending
-		}
+		}, seat.cmps...)
 		if !user.has(RightMultiLogin) {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(held), "=", 0).WithPrefix())
 		}
@@ -223,14 +235,23 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			currentRev = users[0].ModRevision
 		}
 		if currentRev != userRev {
+			attempt++
 			continue // the user's rights changed under us: decide again
 		}
-		if len(holders) == 1 {
+		if len(holders) == 1 && !user.has(RightMultiLogin) {
 			err := r.alreadyLoggedIn(ctx, rec.Tenant, rec.User, rec.Module, string(holders[0].Key))
 			if err == nil {
+				attempt++
 				continue // the holder ended meanwhile: try again
 			}
 			return OpenedSession{}, err
+		}
+		// Only the licence or its seats can have changed: plan the seat again
+		// (bounded by ctx), after a pause that spreads the contenders.
+		select {
+		case <-ctx.Done():
+			return OpenedSession{}, translate("open session", ctx.Err())
+		case <-time.After(time.Duration(mrand.IntN(2000)) * time.Microsecond):
 		}
 	}
 	return OpenedSession{}, fmt.Errorf("%w: open session: the user entry of %s/%s kept changing; try again", ErrUnavailable, rec.Tenant, rec.User)
@@ -459,7 +480,7 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 	if p.User == o.User {
 		return nil // cutting one's own hung session from another module
 	}
-	u, _, err := r.readUser(ctx, p.Tenant, p.User)
+	u, _, _, err := r.readUser(ctx, p.Tenant, p.User)
 	if err != nil {
 		return err
 	}
@@ -481,6 +502,9 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...cli
 	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
 	for _, k := range indexKeys(rec) {
 		ops = append(ops, clientv3.OpDelete(k))
+	}
+	if rec.Seat != "" {
+		ops = append(ops, clientv3.OpDelete(rec.Seat)) // freed with the session, not after the lease's revocation
 	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()

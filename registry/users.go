@@ -13,22 +13,24 @@ import (
 func (u User) has(r Right) bool { return slices.Contains(u.Rights, r) }
 
 // readUser reads a user entry and its revision; a user not in the master
-// has no rights and revision 0.
-func (r *Registry) readUser(ctx context.Context, tenant, user string) (User, int64, error) {
+// has no rights and revision 0. Extra reads are made in the same
+// transaction; their responses follow the user's in the returned one.
+func (r *Registry) readUser(ctx context.Context, tenant, user string, extra ...clientv3.Op) (User, int64, *clientv3.TxnResponse, error) {
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	resp, err := r.cli.Get(cctx, userKey(tenant, user))
+	resp, err := r.cli.Txn(cctx).Then(append([]clientv3.Op{clientv3.OpGet(userKey(tenant, user))}, extra...)...).Commit()
 	if err != nil {
-		return User{}, 0, translate("read user", err)
+		return User{}, 0, nil, translate("read user", err)
 	}
-	if len(resp.Kvs) == 0 {
-		return User{Tenant: tenant, User: user, Rights: []Right{}}, 0, nil
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return User{Tenant: tenant, User: user, Rights: []Right{}}, 0, resp, nil
 	}
 	var u User
-	if err := json.Unmarshal(resp.Kvs[0].Value, &u); err != nil {
-		return User{}, 0, fmt.Errorf("registry: decode user %s/%s: %w", tenant, user, err)
+	if err := json.Unmarshal(kvs[0].Value, &u); err != nil {
+		return User{}, 0, nil, fmt.Errorf("registry: decode user %s/%s: %w", tenant, user, err)
 	}
-	return u, resp.Kvs[0].ModRevision, nil
+	return u, kvs[0].ModRevision, resp, nil
 }
 
 func checkUserName(tenant, user string) error {
@@ -74,7 +76,7 @@ func (r *Registry) GetUser(ctx context.Context, p Principal, tenant, user string
 	if err := checkUserName(tenant, user); err != nil {
 		return User{}, err
 	}
-	u, rev, err := r.readUser(ctx, tenant, user)
+	u, rev, _, err := r.readUser(ctx, tenant, user)
 	if err != nil {
 		return User{}, err
 	}

@@ -99,7 +99,7 @@ var sections = []struct {
 
 // commands returns the command tree's leaves.
 func commands() []*command {
-	return slices.Concat(sessionCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), clusterCommands())
+	return slices.Concat(sessionCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), licenseCommands(), clusterCommands())
 }
 
 func findCommand(path string) *command {

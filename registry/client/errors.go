@@ -46,6 +46,9 @@ var (
 	// ErrMaintenance means an open was refused because a shutdown of the
 	// whole tenant is pending (code "maintenance").
 	ErrMaintenance = errors.New("client: maintenance")
+	// ErrNoLicenseSeat means an open was refused because every seat of the
+	// module's licence is taken (code "no_license_seat").
+	ErrNoLicenseSeat = errors.New("client: no license seat")
 )
 
 // codeSentinels maps the API's machine codes to the sentinels above; it is
@@ -62,6 +65,7 @@ var codeSentinels = map[string]error{
 	"shutdown":          ErrShutdown,
 	"pool_inactive":     ErrPoolInactive,
 	"maintenance":       ErrMaintenance,
+	"no_license_seat":   ErrNoLicenseSeat,
 }
 
 // APIError is an error answer of the API: {"error":{"code":"…","message":"…"}}.
