@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -29,6 +30,15 @@ func medianMS(ds []time.Duration) float64 {
 		m = (s[n/2-1] + s[n/2]) / 2
 	}
 	return float64(m) / float64(time.Millisecond)
+}
+
+// percentileMS returns the q-quantile (0 < q ≤ 1, nearest rank) of ds in
+// milliseconds; q 1 is the maximum.
+func percentileMS(ds []time.Duration, q float64) float64 {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return float64(s[max(i, 0)]) / float64(time.Millisecond)
 }
 
 // BenchmarkFailover: a three-node cluster holds 300 sessions (TTL 10 s,

@@ -176,6 +176,16 @@ type Node struct {
 	stopping bool
 }
 
+// PID returns the process id of the node's current process, 0 if it never started.
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
 // NewNode prepares a node named name working in dir, on free loopback ports.
 func NewNode(bin Binary, name, dir string) (*Node, error) {
 	n := &Node{Bin: bin, Name: name, Dir: dir, Timeout: 60 * time.Second}
