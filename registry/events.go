@@ -229,7 +229,7 @@ func (r *Registry) Events(ctx context.Context, p Principal, f EventFilter, fromR
 	} else {
 		run, err = r.allStream(sctx, s, p, f, fromRev)
 	}
-	if err == nil && !r.goStream(func() {
+	if err == nil && !r.goTracked(func() {
 		defer stopOnClose()
 		defer cancel()
 		err := run(sctx)
@@ -251,9 +251,9 @@ func (r *Registry) Events(ctx context.Context, p Principal, f EventFilter, fromR
 	return s, nil
 }
 
-// goStream runs f on a goroutine that Close waits for, unless the registry
+// goTracked runs f (an event stream, a revocation) on a goroutine that Close waits for, unless the registry
 // is closing; it reports whether f runs.
-func (r *Registry) goStream(f func()) bool {
+func (r *Registry) goTracked(f func()) bool {
 	r.streamsMu.Lock()
 	defer r.streamsMu.Unlock()
 	if r.closing {

@@ -24,6 +24,9 @@ type Config struct {
 	DefaultTTL, MinTTL, MaxTTL time.Duration
 	// TombstoneTTL is how long the reason a session ended stays known.
 	TombstoneTTL time.Duration
+	// ShutdownRetention is how long a finished (done or cancelled) shutdown
+	// request is kept for GET /v1/shutdowns; the duty leader then deletes it.
+	ShutdownRetention time.Duration
 	// RequestTimeout bounds each etcd call a request makes.
 	RequestTimeout time.Duration
 	// RenewStreams is how many long-lived LeaseKeepAlive streams carry heartbeats.
@@ -39,14 +42,15 @@ type Config struct {
 // DefaultConfig returns a Config with the documented defaults and no client.
 func DefaultConfig() Config {
 	return Config{
-		Pool:           "default",
-		DefaultTTL:     60 * time.Second,
-		MinTTL:         5 * time.Second,
-		MaxTTL:         24 * time.Hour,
-		TombstoneTTL:   15 * time.Minute,
-		RequestTimeout: 5 * time.Second,
-		RenewStreams:   4,
-		AliveInterval:  5 * time.Second,
+		Pool:              "default",
+		DefaultTTL:        60 * time.Second,
+		MinTTL:            5 * time.Second,
+		MaxTTL:            24 * time.Hour,
+		TombstoneTTL:      15 * time.Minute,
+		ShutdownRetention: 7 * 24 * time.Hour,
+		RequestTimeout:    5 * time.Second,
+		RenewStreams:      4,
+		AliveInterval:     5 * time.Second,
 	}
 }
 
@@ -72,6 +76,8 @@ func (c *Config) ValidateSettings() error {
 		return fmt.Errorf("registry: config: default TTL %s must be whole seconds between %s and %s", c.DefaultTTL, c.MinTTL, c.MaxTTL)
 	case c.TombstoneTTL < time.Second:
 		return fmt.Errorf("registry: config: tombstone TTL %s must be at least 1s", c.TombstoneTTL)
+	case c.ShutdownRetention < time.Second:
+		return fmt.Errorf("registry: config: shutdown retention %s must be at least 1s", c.ShutdownRetention)
 	case c.RequestTimeout <= 0:
 		return fmt.Errorf("registry: config: request timeout %s must be positive", c.RequestTimeout)
 	case c.RenewStreams < 1 || c.RenewStreams > 64:
@@ -124,7 +130,7 @@ type Registry struct {
 	// pendingChanged is closed and replaced whenever pending changes.
 	pendingChanged chan struct{}
 
-	// streamsMu orders the start of event streams (goStream) before
+	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
 	streamsMu sync.Mutex
 	closing   bool

@@ -536,7 +536,10 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...cli
 	if !resp.Succeeded {
 		return Ended{}, r.goneNow(ctx, rec)
 	}
-	r.revoke(clientv3.LeaseID(rec.LeaseID))
+	// The session's keys are gone: the answer need not wait for the lease.
+	if lease := clientv3.LeaseID(rec.LeaseID); !r.goTracked(func() { r.revoke(lease) }) {
+		r.revoke(lease)
+	}
 	return how, nil
 }
 

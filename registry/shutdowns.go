@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -420,14 +421,40 @@ func maintenance(val []byte) error {
 // backstopShutdowns), so a deadline holds while a new duty leader is being elected.
 func (r *Registry) EnforceShutdowns(ctx context.Context) error {
 	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	var pruned time.Time
 	for {
 		next, err := r.enforceDue(ctx, 0)
 		if err != nil && ctx.Err() == nil {
 			r.log.Warn("enforcing shutdown deadlines failed; retrying", "error", err)
 		}
+		if time.Since(pruned) > min(time.Minute, r.cfg.ShutdownRetention/2) {
+			r.pruneShutdowns(ctx, time.Now().Add(-r.cfg.ShutdownRetention))
+			pruned = time.Now()
+		}
 		if !r.sleepUntil(ctx, next, wch) {
 			return nil
 		}
+	}
+}
+
+// pruneShutdowns deletes the requests that finished before cutoff.
+func (r *Registry) pruneShutdowns(ctx context.Context, cutoff time.Time) {
+	all, err := r.readShutdowns(ctx)
+	if err != nil {
+		return // the next round tries again
+	}
+	for _, s := range all {
+		if s.State == ShutdownPending || s.FinishedAt == nil || !s.FinishedAt.Before(cutoff) {
+			continue
+		}
+		cctx, cancel := r.opCtx(ctx)
+		_, err := r.cli.Txn(cctx).If(clientv3.Compare(clientv3.ModRevision(shutdownKey(s.ID)), "=", s.modRev)).
+			Then(clientv3.OpDelete(shutdownKey(s.ID))).Commit()
+		cancel()
+		if err != nil {
+			return
+		}
+		r.log.Debug("finished shutdown request deleted", "id", s.ID, "finished", *s.FinishedAt)
 	}
 }
 
@@ -450,7 +477,8 @@ func (r *Registry) backstopShutdowns(ctx context.Context) {
 		changed := r.pendingChanged
 		r.shutMu.RUnlock()
 		if !next.IsZero() {
-			next = next.Add(BackstopDelay)
+			// Up to a quarter second more, so the nodes do not all start at once.
+			next = next.Add(BackstopDelay + time.Duration(mrand.Int64N(int64(BackstopDelay/4))))
 			if !time.Now().Before(next) {
 				if _, err := r.enforceDue(ctx, BackstopDelay); err != nil && ctx.Err() == nil {
 					r.log.Warn("enforcing an overdue shutdown deadline failed; retrying", "error", err)

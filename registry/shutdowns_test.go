@@ -233,3 +233,27 @@ func TestShutdownInput(t *testing.T) {
 		t.Fatalf("cancel of an unknown request: %v", err)
 	}
 }
+
+// TestShutdownRetention: the duty leader deletes finished requests after the retention;
+// pending ones stay.
+func TestShutdownRetention(t *testing.T) {
+	r := newRegistry(t, func(c *registry.Config) { c.ShutdownRetention = 2 * time.Second })
+	ctx := context.Background()
+	s1 := open(t, r, admin, registry.OpenRequest{User: "alice", Module: "sales", TTLSeconds: 60})
+	done, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopeSession, Session: s1.ID, GraceSeconds: grace(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopeAll, Tenant: "other", GraceSeconds: grace(3600)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDuty(t, r)
+	eventually(t, 15*time.Second, "the finished request is deleted", func() bool {
+		_, err := r.Shutdown(ctx, admin, done.ID)
+		return errors.Is(err, registry.ErrShutdownNotFound)
+	})
+	if s, err := r.Shutdown(ctx, admin, pending.ID); err != nil || s.State != registry.ShutdownPending {
+		t.Fatalf("the pending request: %+v, %v", s, err)
+	}
+}
