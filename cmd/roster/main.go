@@ -82,7 +82,7 @@ type invocation struct {
 
 // groups are the first words of the commands of two words, e.g. "session"
 // of "session open". A command of one word, e.g. "members", has no group.
-var groups = []string{"session", "user", "token", "pool", "shutdown", "snapshot"}
+var groups = []string{"session", "user", "token", "pool", "shutdown", "license", "snapshot"}
 
 // sections lists the sections of the command list in the order help shows
 // them; each holds the commands whose first word it names.
@@ -90,16 +90,17 @@ var sections = []struct {
 	title string
 	words []string
 }{
-	{"Sessions", []string{"session"}},
+	{"Sessions", []string{"session", "events"}},
 	{"Users and rights (the user master)", []string{"user"}},
 	{"API tokens", []string{"token"}},
 	{"Pools and shutdown requests", []string{"pool", "shutdown"}},
+	{"Licences", []string{"license"}},
 	{"Cluster", []string{"members", "snapshot"}},
 }
 
 // commands returns the command tree's leaves.
 func commands() []*command {
-	return slices.Concat(sessionCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), licenseCommands(), clusterCommands())
+	return slices.Concat(sessionCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), licenseCommands(), eventCommands(), clusterCommands())
 }
 
 func findCommand(path string) *command {
