@@ -31,6 +31,9 @@ const (
 	maxHistoryScan = 10 * scanBatch
 	// pruneBatch is how many records one delete of the pruning removes.
 	pruneBatch = scanBatch
+	// historyQueue is how many watch responses wait for the history duty
+	// before the watch waits for it.
+	historyQueue = 4096
 )
 
 // HistoryRecord is an ended session as the history keeps it: the session as
@@ -356,11 +359,7 @@ func (r *Registry) followTombstones(ctx context.Context) error {
 		}
 	}
 	for {
-		wctx, cancel := context.WithCancel(historyWatchCtx(ctx))
-		wch := r.cli.Watch(wctx, tombstonesPrefix, clientv3.WithPrefix(), clientv3.WithRev(st.cp+1),
-			clientv3.WithFilterDelete(), clientv3.WithProgressNotify())
-		err := r.recordWatched(ctx, wch, &st)
-		cancel()
+		err := r.watchTombstones(ctx, &st)
 		if !errors.Is(err, errHistoryCompacted) {
 			return err
 		}
@@ -392,52 +391,124 @@ func (r *Registry) readHistoryCheckpoint(ctx context.Context) (historyState, int
 	return st, resp.Header.Revision, nil
 }
 
-// recordWatched records the tombstones created in the watch until it fails.
-// A progress notification moves the checkpoint on (so a quiet history does
-// not fall behind compaction).
-func (r *Registry) recordWatched(ctx context.Context, wch clientv3.WatchChan, st *historyState) error {
-	for resp := range wch {
-		switch {
-		case resp.CompactRevision != 0:
-			return errHistoryCompacted
-		case resp.Err() != nil:
-			return translate("watch tombstones", resp.Err())
-		case resp.IsProgressNotify():
-			if resp.Header.Revision > st.cp {
-				if _, err := r.writeHistory(ctx, st, nil, resp.Header.Revision); err != nil {
-					return err
-				}
+// watchTombstones watches the tombstones from the checkpoint on and records
+// them until the watch fails. A goroutine of its own drains the watch into
+// a queue, so the ends that arrive while a batch is being written are all
+// there for the next one (see recordWatched); it waits for that goroutine
+// before it returns.
+func (r *Registry) watchTombstones(ctx context.Context, st *historyState) error {
+	wctx, cancel := context.WithCancel(historyWatchCtx(ctx))
+	wch := r.cli.Watch(wctx, tombstonesPrefix, clientv3.WithPrefix(), clientv3.WithRev(st.cp+1),
+		clientv3.WithFilterDelete(), clientv3.WithProgressNotify())
+	q := make(chan clientv3.WatchResponse, historyQueue)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(q)
+		for resp := range wch {
+			select {
+			case q <- resp:
+			case <-wctx.Done():
+				return
+			}
+		}
+	})
+	defer wg.Wait()
+	defer cancel()
+	return r.recordWatched(ctx, q, st)
+}
+
+// recordWatched records the tombstones created in the watch responses of q
+// until one says the watch failed. It commits in groups: every response
+// queued while a batch is being written goes into the next batch (up to
+// historyBatch records), so a burst of ends costs a few transactions, not
+// one each. A progress notification moves the checkpoint on, so a quiet
+// history does not fall behind compaction.
+func (r *Registry) recordWatched(ctx context.Context, q <-chan clientv3.WatchResponse, st *historyState) error {
+	for resp := range q {
+		if err := r.watchNotice(ctx, st, &resp); err != nil || len(resp.Events) == 0 {
+			if err != nil {
+				return err
 			}
 			continue
 		}
-		var batch []historyPut
-		for i, ev := range resp.Events {
-			kv := ev.Kv
-			if ev.Type == mvccpb.PUT && kv.CreateRevision == kv.ModRevision { // a tombstone is written once
-				if put, ok := r.historyOf(kv); ok {
-					batch = append(batch, put)
+		evs := resp.Events
+		var notice *clientv3.WatchResponse // a response without events, taken while gathering
+	gather:
+		for len(evs) < historyBatch {
+			select {
+			case more, ok := <-q:
+				if !ok {
+					break gather // the range ends next
 				}
+				if more.CompactRevision != 0 || more.Err() != nil || more.IsProgressNotify() {
+					notice = &more
+					break gather
+				}
+				evs = append(evs, more.Events...)
+			default:
+				break gather
 			}
-			last := i == len(resp.Events)-1
-			if len(batch) < historyBatch && !last {
-				continue
-			}
-			// A revision is recorded once all its tombstones are; one that
-			// goes on in the next batch is not yet.
-			cp := kv.ModRevision
-			if !last && resp.Events[i+1].Kv.ModRevision == cp {
-				cp--
-			}
-			if _, err := r.writeHistory(ctx, st, batch, max(cp, st.cp)); err != nil {
+		}
+		if err := r.recordEvents(ctx, st, evs); err != nil {
+			return err
+		}
+		if notice != nil {
+			if err := r.watchNotice(ctx, st, notice); err != nil {
 				return err
 			}
-			batch = nil
 		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return fmt.Errorf("%w: the tombstone watch closed", ErrUnavailable)
+}
+
+// watchNotice handles a watch response that carries no events: a
+// compaction or an error ends the watch, a progress notification moves the
+// checkpoint to its revision.
+func (r *Registry) watchNotice(ctx context.Context, st *historyState, resp *clientv3.WatchResponse) error {
+	switch {
+	case resp.CompactRevision != 0:
+		return errHistoryCompacted
+	case resp.Err() != nil:
+		return translate("watch tombstones", resp.Err())
+	case resp.IsProgressNotify() && resp.Header.Revision > st.cp:
+		_, err := r.writeHistory(ctx, st, nil, resp.Header.Revision)
+		return err
+	}
+	return nil
+}
+
+// recordEvents records the tombstones created in evs, watch events in
+// revision order, historyBatch at a time, each batch with the checkpoint
+// up to which it completes the record.
+func (r *Registry) recordEvents(ctx context.Context, st *historyState, evs []*clientv3.Event) error {
+	var batch []historyPut
+	for i, ev := range evs {
+		kv := ev.Kv
+		if ev.Type == mvccpb.PUT && kv.CreateRevision == kv.ModRevision { // a tombstone is written once
+			if put, ok := r.historyOf(kv); ok {
+				batch = append(batch, put)
+			}
+		}
+		last := i == len(evs)-1
+		if len(batch) < historyBatch && !last {
+			continue
+		}
+		// A revision is recorded once all its tombstones are; one that goes
+		// on in the next batch is not yet. (The watch never splits a
+		// revision between responses.)
+		cp := kv.ModRevision
+		if !last && evs[i+1].Kv.ModRevision == cp {
+			cp--
+		}
+		if _, err := r.writeHistory(ctx, st, batch, max(cp, st.cp)); err != nil {
+			return err
+		}
+		batch = nil
+	}
+	return nil
 }
 
 // historyFromTombstones records every existing tombstone created after the
