@@ -126,7 +126,6 @@ func (e *ender) user() string {
 func (e *ender) round(r *registry.Registry, n int) {
 	t, ctx := e.t, context.Background()
 	pool := "sd-" + e.user()
-	var sd []string
 	for range n {
 		c := open(t, r, admin, registry.OpenRequest{User: e.user(), Module: "sales", TTLSeconds: 60})
 		k := open(t, r, admin, registry.OpenRequest{User: e.user(), Module: "crm", Host: "PC-9", TTLSeconds: 60})
@@ -134,7 +133,6 @@ func (e *ender) round(r *registry.Registry, n int) {
 		s := open(t, r, admin, registry.OpenRequest{User: e.user(), Module: "sales", Pool: pool, TTLSeconds: 60})
 		e.expect(x.ID, registry.EndExpired)
 		e.expect(s.ID, registry.EndShutdown)
-		sd = append(sd, s.ID)
 		if _, err := r.Logout(ctx, admin, c.ID); err != nil {
 			t.Fatal(err)
 		}
