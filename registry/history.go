@@ -364,7 +364,7 @@ func (r *Registry) followTombstones(ctx context.Context) error {
 			return err
 		}
 		r.log.Warn("the history checkpoint is compacted: no duty leader recorded history for longer than etcd keeps its history; "+
-			"recording the ended sessions whose tombstones still exist; sessions that ended before missing-before and were not recorded are missing from the history",
+			"recording the ended sessions whose tombstones still exist; sessions that ended before missing-before and were not recorded yet may be missing from the history",
 			"checkpoint", st.cp, "missing-before", time.Now().Add(-r.cfg.TombstoneTTL).UTC().Truncate(time.Second))
 		if err := r.historyFromTombstones(ctx, &st); err != nil {
 			return err
