@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -137,4 +141,131 @@ func BenchmarkRawKeepAlive(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "heartbeats/s")
+}
+
+// BenchmarkHistoryLag: how long after a session's end its history record is
+// visible, with sessions ending at about 500 a second (logouts and kills
+// alternately, one every 2 ms, at most 64 at once) while the history duty
+// runs. An op is one end. The lag runs from the tombstone's creation to the
+// record's, both as one watcher in this process sees them. It reports the
+// lag's p50, p99 and maximum (ms), the p99 of the ends' own calls (logout or
+// kill, for comparison: both wait for the same etcd) and the ends per second
+// achieved:
+//
+//	go test -run '^$' -bench HistoryLag -benchtime 5000x -count 3 ./registry/
+func BenchmarkHistoryLag(b *testing.B) {
+	r := newRegistry(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ids := make([]string, b.N)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(b.N); i = next.Add(1) - 1 {
+				s, err := r.Open(ctx, admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales", TTLSeconds: 300})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ids[i] = s.ID
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		return
+	}
+
+	// One watcher sees both ends and records, on one clock.
+	var mu sync.Mutex
+	ended, recorded := map[string]time.Time{}, map[string]time.Time{}
+	all, closed := make(chan struct{}), false
+	follow := func(prefix string, seen map[string]time.Time) {
+		for resp := range etcd.Client().Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithFilterDelete()) {
+			now := time.Now()
+			mu.Lock()
+			for _, ev := range resp.Events {
+				k := string(ev.Kv.Key)
+				seen[k[strings.LastIndexByte(k, '/')+1:]] = now
+			}
+			if len(recorded) == b.N && len(ended) == b.N && !closed {
+				close(all)
+				closed = true
+			}
+			mu.Unlock()
+		}
+	}
+	var watchers sync.WaitGroup
+	watchers.Go(func() { follow("/roster/v1/tombstones/", ended) })
+	watchers.Go(func() { follow("/roster/v1/history/", recorded) })
+	defer watchers.Wait()
+	defer cancel()
+
+	duty := make(chan struct{})
+	go func() {
+		defer close(duty)
+		r.RecordHistory(ctx)
+	}()
+	defer func() { cancel(); <-duty }()
+	for { // the duty follows the tombstones once it has written its first checkpoint
+		resp, err := etcd.Client().Get(ctx, "/roster/v1/history-checkpoint")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(resp.Kvs) == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // its watch is set up
+
+	b.ResetTimer()
+	tick := time.NewTicker(2 * time.Millisecond)
+	sem := make(chan struct{}, 64)
+	took := make([]float64, b.N) // each end's own call, for comparison
+	for i, id := range ids {
+		<-tick.C
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			begin := time.Now()
+			defer func() { took[i] = float64(time.Since(begin)) / float64(time.Millisecond) }()
+			var err error
+			if i%2 == 0 {
+				_, err = r.Logout(ctx, admin, id)
+			} else {
+				_, err = r.Kill(ctx, admin, id, "bench")
+			}
+			if err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	tick.Stop()
+	elapsed := b.Elapsed()
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		mu.Lock()
+		defer mu.Unlock()
+		b.Fatalf("after 30 s, %d of %d ends recorded", len(recorded), b.N)
+	}
+	b.StopTimer()
+
+	mu.Lock()
+	defer mu.Unlock()
+	lags := make([]float64, 0, b.N)
+	for _, id := range ids {
+		lags = append(lags, float64(recorded[id].Sub(ended[id]))/float64(time.Millisecond))
+	}
+	slices.Sort(lags)
+	slices.Sort(took)
+	pct := func(xs []float64, p float64) float64 { return xs[min(len(xs)-1, int(p*float64(len(xs))))] }
+	b.ReportMetric(pct(lags, 0.50), "p50-ms")
+	b.ReportMetric(pct(lags, 0.99), "p99-ms")
+	b.ReportMetric(lags[len(lags)-1], "max-ms")
+	b.ReportMetric(pct(took, 0.99), "end-call-p99-ms")
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ends/s")
 }

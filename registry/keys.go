@@ -24,6 +24,9 @@ import (
 //	maint/<tenant>                             the pending "all" shutdown request of a tenant (JSON)
 //	licenses/<tenant>/<module>                 a module's licence: its seats (JSON)
 //	seats/<tenant>/<module>/<slot>             a seat held by a session (JSON SeatHolder), on the session's lease; slot is 6 digits
+//	history/<newest-first end time>/<id>       an ended session (JSON HistoryRecord), on no lease; the time is
+//	                                           9999999999999 minus the end in Unix ms, 13 digits, so keys sort newest first
+//	history-checkpoint                         the etcd revision up to which every tombstone's creation is in history/
 //	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
@@ -47,6 +50,8 @@ const (
 	maintPrefix      = root + "maint/"
 	licensesPrefix   = root + "licenses/"
 	seatsPrefix      = root + "seats/"
+	historyPrefix    = root + "history/"
+	historyCPKey     = root + "history-checkpoint"
 	aliveKey         = root + "alive"
 )
 
@@ -91,4 +96,29 @@ func licenseKey(tenant, module string) string { return licensesPrefix + tenant +
 func seatPrefix(tenant, module string) string { return seatsPrefix + tenant + "/" + module + "/" }
 func seatKey(tenant, module string, slot int) string {
 	return fmt.Sprintf("%s%06d", seatPrefix(tenant, module), slot)
+}
+
+// historyNewest is the end time, in Unix ms, that a history key counts
+// down from: the keys sort newest first, so a page of the newest records is
+// a plain ascending range read with a limit (etcd reads a whole range to
+// sort it descending). 13 digits last until the year 2286.
+const historyNewest = 9_999_999_999_999
+
+// historyKey is the key of the history record of session id, which ended at
+// Unix millisecond ms. It is unique per session: a session ends once.
+func historyKey(ms int64, id string) string {
+	return fmt.Sprintf("%s%013d/%s", historyPrefix, historyNewest-min(max(ms, 0), historyNewest), id)
+}
+
+// historyBefore is the first key of the records that ended before Unix
+// millisecond ms: the keys from it to the end of history/ ended before ms,
+// those before it at ms or later.
+func historyBefore(ms int64) string {
+	switch {
+	case ms <= 0:
+		return clientv3.GetPrefixRangeEnd(historyPrefix) // nothing ended before 1970
+	case ms > historyNewest:
+		return historyPrefix
+	}
+	return fmt.Sprintf("%s%013d", historyPrefix, historyNewest-ms+1)
 }

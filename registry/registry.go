@@ -35,6 +35,13 @@ type Config struct {
 	// beacon; a beacon older than two intervals at start means the whole
 	// cluster was down (see Start).
 	AliveInterval time.Duration
+	// HistoryRetention is how long the history of ended sessions keeps a
+	// record (see RecordHistory); 0 keeps no history. The duty leader's
+	// setting counts, so give every node the same.
+	HistoryRetention time.Duration
+	// HistoryPruneInterval is how often the history duty deletes the records
+	// older than HistoryRetention.
+	HistoryPruneInterval time.Duration
 	// Logger receives the registry's own logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -51,6 +58,9 @@ func DefaultConfig() Config {
 		RequestTimeout:    5 * time.Second,
 		RenewStreams:      4,
 		AliveInterval:     5 * time.Second,
+
+		HistoryRetention:     DefaultHistoryRetention,
+		HistoryPruneInterval: time.Minute,
 	}
 }
 
@@ -84,6 +94,10 @@ func (c *Config) ValidateSettings() error {
 		return fmt.Errorf("registry: config: renew streams %d must be 1-64", c.RenewStreams)
 	case c.AliveInterval < 100*time.Millisecond:
 		return fmt.Errorf("registry: config: alive interval %s must be at least 100ms", c.AliveInterval)
+	case c.HistoryRetention < 0:
+		return fmt.Errorf("registry: config: history retention %s must not be negative (0 keeps no history)", c.HistoryRetention)
+	case c.HistoryPruneInterval <= 0:
+		return fmt.Errorf("registry: config: history prune interval %s must be positive", c.HistoryPruneInterval)
 	}
 	if err := checkName("node", c.Node); err != nil {
 		return fmt.Errorf("registry: config: %w", err)

@@ -122,6 +122,10 @@ func TestCommandLineErrors(t *testing.T) {
 		{name: "ttl not a duration", args: []string{"session", "open", "--user", "a", "--module", "m", "--ttl", "30"}, wantStderr: []string{`invalid argument "30" for "--ttl"`}},
 		{name: "bad kind", args: []string{"session", "list", "--kind", "robot"}, wantStderr: []string{`--kind "robot": want ui, background or appserver`}},
 		{name: "limit too big", args: []string{"session", "list", "--limit", "5000"}, wantStderr: []string{"--limit 5000: must be between 1 and 1000"}},
+		{name: "history limit too big", args: []string{"history", "--limit", "1001"}, wantStderr: []string{"--limit 1001: must be between 1 and 1000", "usage: roster history [flags]"}},
+		{name: "history since not a time", args: []string{"history", "--since", "yesterday"}, wantStderr: []string{`--since "yesterday": give an RFC 3339 time`}},
+		{name: "history until a negative duration", args: []string{"history", "--until", "-1h"}, wantStderr: []string{`--until "-1h": a duration ago must be positive`}},
+		{name: "history with an argument", args: []string{"history", "alice"}, wantStderr: []string{"history takes no arguments, got 1"}},
 		{name: "bad right", args: []string{"user", "set", "acme/alice", "--right", "superuser"}, wantStderr: []string{`--right "superuser"`}},
 		{name: "bad user ref", args: []string{"user", "get", "a/b/c"}, wantStderr: []string{`"a/b/c": want TENANT/USER`}},
 		{name: "token without role", args: []string{"token", "create", "--name", "x"}, wantStderr: []string{"--role is required"}},
@@ -367,6 +371,33 @@ func TestResolveToken(t *testing.T) {
 			}
 			if got != tt.want || src != tt.wantSrc {
 				t.Errorf("resolveToken = %q from %q, want %q from %q", got, src, tt.want, tt.wantSrc)
+			}
+		})
+	}
+}
+
+func TestParseWhen(t *testing.T) {
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name, v string
+		want    time.Time
+		wantErr bool
+	}{
+		{name: "empty", v: "", want: time.Time{}},
+		{name: "RFC 3339", v: "2026-11-21T10:00:00+01:00", want: time.Date(2026, 11, 21, 9, 0, 0, 0, time.UTC)},
+		{name: "date", v: "2026-11-20", want: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)},
+		{name: "duration ago", v: "90m", want: now.Add(-90 * time.Minute)},
+		{name: "zero duration", v: "0s", wantErr: true},
+		{name: "words", v: "last week", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseWhen("--since", tt.v, now)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("parseWhen(%q) error = %v, want error %v", tt.v, err, tt.wantErr)
+			}
+			if !got.Equal(tt.want) {
+				t.Errorf("parseWhen(%q) = %s, want %s", tt.v, got, tt.want)
 			}
 		})
 	}

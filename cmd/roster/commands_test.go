@@ -29,10 +29,20 @@ const (
 	session2JSON = `{"id":"0193f2a1b2c3d4e5f60718293a4b5c6e","tenant":"default","user":"bob","module":"crm","host":"",` +
 		`"pid":0,"os":"","client_kind":"ui","pool":"default","site":"","node":"n2","started_at":"2026-11-21T10:03:00Z",` +
 		`"ttl_seconds":60,"expires_in_seconds":30,"labels":{},"opened_by":"admin"}`
-	page1JSON   = `{"sessions": [` + sessionJSON + `], "total": 2, "next_cursor": "c1"}`
-	page2JSON   = `{"sessions":[` + session2JSON + `],"total":2,"next_cursor":""}`
-	tokenJSON   = `{"name":"ops","role":"operator","created_at":"2026-11-21T10:02:00Z","token":"rt1.secret"}`
-	membersJSON = `{"members":[{"name":"n1","site":"dc1","pool":"default","api_url":"http://10.0.0.1:7400",` +
+	historyRec1JSON = `{"id":"` + testID + `","tenant":"default","user":"alice","module":"sales","host":"PC-17","pid":4242,` +
+		`"os":"windows","client_kind":"ui","pool":"default","site":"","node":"n1","labels":{},"opened_by":"admin",` +
+		`"started_at":"2026-11-21T10:02:00Z","ended_at":"2026-11-21T11:00:00Z", "duration_seconds":3480,"reason":"killed",` +
+		`"by":"ops","message":"PC crashed","rev":2117}`
+	historyRec2JSON = `{"id":"0193f2a1b2c3d4e5f60718293a4b5c6e","tenant":"default","user":"bob","module":"crm","host":"",` +
+		`"pid":0,"os":"","client_kind":"ui","pool":"default","site":"","node":"n2","labels":{},"opened_by":"admin",` +
+		`"started_at":"2026-11-21T10:03:00Z","ended_at":"2026-11-21T10:04:30Z","duration_seconds":90,"reason":"expired",` +
+		`"by":"lease","rev":2001}`
+	history1JSON = `{"history": [` + historyRec1JSON + `], "next_cursor": "h1"}`
+	history2JSON = `{"history":[` + historyRec2JSON + `],"next_cursor":""}`
+	page1JSON    = `{"sessions": [` + sessionJSON + `], "total": 2, "next_cursor": "c1"}`
+	page2JSON    = `{"sessions":[` + session2JSON + `],"total":2,"next_cursor":""}`
+	tokenJSON    = `{"name":"ops","role":"operator","created_at":"2026-11-21T10:02:00Z","token":"rt1.secret"}`
+	membersJSON  = `{"members":[{"name":"n1","site":"dc1","pool":"default","api_url":"http://10.0.0.1:7400",` +
 		`"gossip":"alive","etcd_role":"voter","leader":true,"healthy":true,"address":"10.0.0.1:7403",` +
 		`"etcd_member_id":"8e9e05c52164694d","peer_url":"http://10.0.0.1:7402"}, ` +
 		`{"name":"n2","site":"","pool":"default","api_url":"http://10.0.0.2:7400","gossip":"suspect",` +
@@ -99,6 +109,13 @@ func newFakeAPI(t *testing.T) *fakeAPI {
 		}
 		answer(http.StatusOK, page1JSON)(w, r)
 	})
+	mux.HandleFunc("GET /v1/history", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("cursor") == "h1" {
+			answer(http.StatusOK, history2JSON)(w, r)
+			return
+		}
+		answer(http.StatusOK, history1JSON)(w, r)
+	})
 	mux.HandleFunc("POST /v1/tokens", answer(http.StatusCreated, tokenJSON))
 	mux.HandleFunc("GET /v1/cluster/members", answer(http.StatusOK, membersJSON))
 	mux.HandleFunc("GET /v1/cluster/snapshot", func(w http.ResponseWriter, r *http.Request) {
@@ -158,6 +175,7 @@ func TestJSONOutputIsTheAPIs(t *testing.T) {
 		{name: "one page", args: []string{"session", "list", "--output=json"}, want: page1JSON},
 		{name: "token create", args: []string{"token", "create", "--role", "operator", "--name", "ops", "-ojson"}, want: tokenJSON},
 		{name: "members", args: []string{"members", "-o", "json"}, want: membersJSON},
+		{name: "history", args: []string{"history", "-o", "json"}, want: history1JSON},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -192,6 +210,19 @@ func TestListAll(t *testing.T) {
 				"0193f2a1b2c3d4e5f60718293a4b5c6d  default  alice  sales   PC-17  default  n1    2026-11-21T10:02:00Z  1s\n" +
 				"0193f2a1b2c3d4e5f60718293a4b5c6e  default  bob    crm     -      default  n2    2026-11-21T10:03:00Z  30s\n",
 		},
+		{
+			name: "history json merges the pages",
+			args: []string{"history", "--all", "-o", "json"},
+			want: `{"history":[` + historyRec1JSON + `,` + historyRec2JSON + `],"next_cursor":""}` + "\n",
+		},
+		{
+			name: "history table",
+			args: []string{"history", "--all"},
+			want: "" +
+				"ENDED                 DURATION  REASON   BY     USER   MODULE  HOST   SESSION\n" +
+				"2026-11-21T11:00:00Z  58m       killed   ops    alice  sales   PC-17  0193f2a1b2c3d4e5f60718293a4b5c6d\n" +
+				"2026-11-21T10:04:30Z  1m30s     expired  lease  bob    crm     -      0193f2a1b2c3d4e5f60718293a4b5c6e\n",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,6 +255,11 @@ func TestCommandOutput(t *testing.T) {
 			name: "one page notes the next", args: []string{"session", "list", "--user", "alice", "--limit", "1"},
 			wantStdout: "ID", wantStderr: []string{"1 of 2 sessions shown; next page: --cursor c1 (or --all)"},
 			wantCall: "GET /v1/sessions?limit=1&user=alice rt1.admin",
+		},
+		{
+			name: "history notes the next page", args: []string{"history", "--user", "alice", "--since", "2026-11-21T10:00:00Z", "--reason", "killed", "--limit", "1"},
+			wantStdout: "ENDED", wantStderr: []string{"roster: 1 record shown; next page: --cursor h1 (or --all)"},
+			wantCall: "GET /v1/history?limit=1&reason=killed&since=2026-11-21T10%3A00%3A00Z&user=alice rt1.admin",
 		},
 		{
 			name: "heartbeat with the session token", args: []string{"session", "heartbeat", testID, "--session-token", "rs1.s"},

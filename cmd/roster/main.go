@@ -90,7 +90,7 @@ var sections = []struct {
 	title string
 	words []string
 }{
-	{"Sessions", []string{"session", "events"}},
+	{"Sessions", []string{"session", "events", "history"}},
 	{"Users and rights (the user master)", []string{"user"}},
 	{"API tokens", []string{"token"}},
 	{"Pools and shutdown requests", []string{"pool", "shutdown"}},
@@ -100,7 +100,7 @@ var sections = []struct {
 
 // commands returns the command tree's leaves.
 func commands() []*command {
-	return slices.Concat(sessionCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), licenseCommands(), eventCommands(), clusterCommands())
+	return slices.Concat(sessionCommands(), historyCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), licenseCommands(), eventCommands(), clusterCommands())
 }
 
 func findCommand(path string) *command {

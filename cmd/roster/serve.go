@@ -38,6 +38,7 @@ type serveFlags struct {
 	deadAfter                                     time.Duration
 	site, pool, logLevel                          string
 	defaultTTL, minTTL, maxTTL, tombstoneTTL      time.Duration
+	historyRetention                              time.Duration
 	etcdQuota                                     int64
 	etcdCompaction                                time.Duration
 }
@@ -72,6 +73,7 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.minTTL, "min-ttl", 5*time.Second, "shortest TTL a session may ask for")
 	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest TTL a session may ask for")
 	fs.DurationVar(&f.tombstoneTTL, "tombstone-ttl", 15*time.Minute, "how long the reason a session ended stays known")
+	fs.DurationVar(&f.historyRetention, "history-retention", registry.DefaultHistoryRetention, "how long the history of ended sessions is kept (0 keeps none); give every node the same")
 	fs.Int64Var(&f.etcdQuota, "etcd-quota-bytes", cluster.DefaultQuotaBytes, "etcd backend quota in bytes")
 	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
 	fs.Usage = func() {
@@ -151,6 +153,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	rcfg := registry.DefaultConfig()
 	rcfg.Node, rcfg.Site, rcfg.Pool = f.name, f.site, f.pool
 	rcfg.DefaultTTL, rcfg.MinTTL, rcfg.MaxTTL, rcfg.TombstoneTTL = f.defaultTTL, f.minTTL, f.maxTTL, f.tombstoneTTL
+	rcfg.HistoryRetention = f.historyRetention
 	rcfg.Logger = log.With("component", "registry")
 	if err := ccfg.Validate(); err != nil {
 		return err
@@ -190,10 +193,11 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return err
 	}
 
-	// Singleton duties (shutdown deadlines) run on the node that wins the election;
-	// another takes over when it dies.
+	// Singleton duties (shutdown deadlines, the history of ended sessions) run on the
+	// node that wins the election; another takes over when it dies.
 	duties, err := ha.New(ha.Config{Client: node.Client(), Node: f.name, Logger: log.With("component", "ha")},
-		ha.Duty{Name: "shutdown-deadlines", Run: reg.EnforceShutdowns})
+		ha.Duty{Name: "shutdown-deadlines", Run: reg.EnforceShutdowns},
+		ha.Duty{Name: "history", Run: reg.RecordHistory})
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// TestServeRejectsBadClusterSettings: a bad cluster setting stops the node before
+// TestServeRejectsBadClusterSettings: a bad cluster or registry setting stops the node before
 // anything is created, with an error that names the setting and what to do.
 func TestServeRejectsBadClusterSettings(t *testing.T) {
 	for _, tc := range []struct {
@@ -21,6 +21,7 @@ func TestServeRejectsBadClusterSettings(t *testing.T) {
 		{[]string{"--etcd-endpoints", "127.0.0.1:2379"}, "must be a URL like http://10.0.0.5:2379"},
 		{[]string{"--gossip-listen", "0.0.0.0:7403"}, "gossip advertise is required"},
 		{[]string{"--dead-after", "0s"}, "dead-after 0s: must be positive"},
+		{[]string{"--history-retention", "-1h"}, "history retention -1h0m0s must not be negative (0 keeps no history)"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			dataDir := filepath.Join(t.TempDir(), "data")

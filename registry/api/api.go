@@ -105,6 +105,7 @@ func (s *server) routes() []Route {
 		{"GET /v1/licenses/{tenant}/{module}", s.authed(s.getLicense)},
 		{"PUT /v1/licenses/{tenant}/{module}", s.authed(s.putLicense)},
 		{"DELETE /v1/licenses/{tenant}/{module}", s.authed(s.deleteLicense)},
+		{"GET /v1/history", s.authed(s.history)},
 		{"GET /v1/events", s.authed(s.events)},
 		{"GET /v1/cluster/members", s.authedLocal(s.listMembers)},
 		{"GET /v1/cluster/snapshot", s.authedLocal(s.snapshot)},

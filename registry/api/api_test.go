@@ -276,6 +276,13 @@ func TestBadInput(t *testing.T) {
 		{"unknown right", "PUT", "/v1/users/default/bob", `{"rights":["root"]}`, "invalid_argument", "rights"},
 		{"bad role", "POST", "/v1/tokens", `{"name":"n","role":"root"}`, "invalid_argument", "role"},
 		{"token name with slash", "POST", "/v1/tokens", `{"name":"a/b","role":"client"}`, "invalid_argument", "name"},
+		{"history since not RFC 3339", "GET", "/v1/history?since=yesterday", ``, "invalid_argument", `since: "yesterday" is not an RFC 3339 time`},
+		{"history until before since", "GET", "/v1/history?since=2026-11-21T10:00:00Z&until=2026-11-21T09:00:00Z", ``, "invalid_argument", "until: "},
+		{"history limit 0", "GET", "/v1/history?limit=0", ``, "invalid_argument", "limit"},
+		{"history bad reason", "GET", "/v1/history?reason=Killed", ``, "invalid_argument", "reason"},
+		{"history bad user", "GET", "/v1/history?user=a%2Fb", ``, "invalid_argument", "user"},
+		{"history malformed cursor", "GET", "/v1/history?cursor=xyz", ``, "invalid_argument", "cursor"},
+		{"history filter it has not", "GET", "/v1/history?pool=blue", ``, "invalid_argument", "pool"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -156,6 +156,46 @@ func ListQuery(f registry.ListFilter) (url.Values, error) {
 	return q, nil
 }
 
+// History returns one page of the history of ended sessions that match f,
+// newest first; pass the page's NextCursor as f.Cursor for the next one
+// (only an empty NextCursor ends the listing: a filtered page may hold fewer
+// than f.Limit records). It needs an operator or admin token.
+func (c *Client) History(ctx context.Context, f registry.HistoryFilter) (registry.HistoryPage, error) {
+	var res registry.HistoryPage
+	q, err := HistoryQuery(f)
+	if err != nil {
+		return res, err
+	}
+	err = c.callJSON(ctx, c.get("/v1/history", q), &res)
+	return res, err
+}
+
+// HistoryQuery returns the query parameters of GET /v1/history for f, for
+// callers of Do.
+func HistoryQuery(f registry.HistoryFilter) (url.Values, error) {
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("client: HistoryFilter.Limit %d is negative", f.Limit)
+	}
+	q := url.Values{}
+	for _, kv := range [][2]string{
+		{"tenant", f.Tenant}, {"user", f.User}, {"module", f.Module}, {"reason", string(f.Reason)}, {"cursor", f.Cursor},
+	} {
+		if kv[1] != "" {
+			q.Set(kv[0], kv[1])
+		}
+	}
+	if !f.Since.IsZero() {
+		q.Set("since", f.Since.UTC().Format(time.RFC3339Nano))
+	}
+	if !f.Until.IsZero() {
+		q.Set("until", f.Until.UTC().Format(time.RFC3339Nano))
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	return q, nil
+}
+
 // PutUser sets the rights of user in tenant, creating the user master entry
 // if needed. It needs an admin token.
 func (c *Client) PutUser(ctx context.Context, tenant, user string, spec registry.UserSpec) (registry.User, error) {

@@ -399,3 +399,40 @@ func TestListSendsQuery(t *testing.T) {
 		t.Errorf("page = %+v", page)
 	}
 }
+
+func TestHistoryQuery(t *testing.T) {
+	since := time.Date(2026, 11, 21, 10, 0, 0, 0, time.FixedZone("CET", 3600))
+	tests := []struct {
+		name    string
+		filter  registry.HistoryFilter
+		want    url.Values
+		wantErr string
+	}{
+		{name: "empty", filter: registry.HistoryFilter{}, want: url.Values{}},
+		{
+			name: "every field, times in UTC",
+			filter: registry.HistoryFilter{Tenant: "t", User: "u", Module: "m", Reason: registry.EndKilled,
+				Since: since, Until: since.Add(90 * time.Minute), Limit: 50, Cursor: "c1"},
+			want: url.Values{"tenant": {"t"}, "user": {"u"}, "module": {"m"}, "reason": {"killed"},
+				"since": {"2026-11-21T09:00:00Z"}, "until": {"2026-11-21T10:30:00Z"}, "limit": {"50"}, "cursor": {"c1"}},
+		},
+		{name: "negative limit", filter: registry.HistoryFilter{Limit: -1}, wantErr: "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := client.HistoryQuery(tt.filter)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("HistoryQuery = %v, want error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Encode() != tt.want.Encode() {
+				t.Errorf("HistoryQuery = %s, want %s", got.Encode(), tt.want.Encode())
+			}
+		})
+	}
+}
