@@ -24,6 +24,11 @@ import (
 //	maint/<tenant>                             the pending "all" shutdown request of a tenant (JSON)
 //	licenses/<tenant>/<module>                 a module's licence: its seats (JSON)
 //	seats/<tenant>/<module>/<slot>             a seat held by a session (JSON SeatHolder), on the session's lease; slot is 6 digits
+//	conns/<id>                                 a connection (JSON): a shared one on its own lease, a direct one on its session's lease
+//	conntombs/<id>                             a dead shared connection: when it died, its service timeout (JSON), on a lease of its own
+//	ix/c/<conn-id>/<id>                        index of the sessions that use a connection, value: indexAttrs, on the session's lease
+//	activity/<id>                              a session's last recorded activity, Unix milliseconds, on the session's lease
+//	policies/<module|tenant>/<name>            a clean-up policy of a module or a tenant (JSON)
 //	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
@@ -48,6 +53,11 @@ const (
 	licensesPrefix   = root + "licenses/"
 	seatsPrefix      = root + "seats/"
 	aliveKey         = root + "alive"
+	connsPrefix      = root + "conns/"
+	connTombsPrefix  = root + "conntombs/"
+	ixConnPrefix     = indexPrefix + "c/"
+	activityPrefix   = root + "activity/"
+	policiesPrefix   = root + "policies/"
 )
 
 // eventRange is the key range the event streams watch: from sessions/ to
@@ -64,13 +74,17 @@ func tombstoneKey(id string) string { return tombstonesPrefix + id }
 // indexKeys lists every index key of a session; they are written and
 // deleted together with the session record.
 func indexKeys(r *record) []string {
-	return []string{
+	keys := []string{
 		ixTenantPrefix + r.Tenant + "/" + r.ID,
 		userModulePrefix(r.Tenant, r.User, r.Module) + r.ID,
 		ixModulePrefix + r.Module + "/" + r.Tenant + "/" + r.ID,
 		ixPoolPrefix + r.Pool + "/" + r.ID,
 		ixOwnerPrefix + r.OpenedByToken + "/" + r.ID,
 	}
+	for _, c := range r.Connections {
+		keys = append(keys, connSessionsPrefix(c.ID)+r.ID)
+	}
+	return keys
 }
 
 // userModulePrefix holds every session of one user in one module: the
@@ -91,4 +105,13 @@ func licenseKey(tenant, module string) string { return licensesPrefix + tenant +
 func seatPrefix(tenant, module string) string { return seatsPrefix + tenant + "/" + module + "/" }
 func seatKey(tenant, module string, slot int) string {
 	return fmt.Sprintf("%s%06d", seatPrefix(tenant, module), slot)
+}
+
+func connKey(id string) string            { return connsPrefix + id }
+func connTombKey(id string) string        { return connTombsPrefix + id }
+func connSessionsPrefix(id string) string { return ixConnPrefix + id + "/" }
+func activityKey(id string) string        { return activityPrefix + id }
+
+func policyKey(scope PolicyScope, name string) string {
+	return policiesPrefix + string(scope) + "/" + name
 }
