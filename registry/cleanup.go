@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -69,8 +70,13 @@ func (r *Registry) Cleanup(ctx context.Context, p Principal, req CleanupRequest)
 	if err := requireRole(p, "run clean-up", RoleOperator, RoleAdmin); err != nil {
 		return CleanupReport{}, err
 	}
-	return r.cleanupRound(ctx, p.By(), req.DryRun)
+	return r.cleanupRound(ctx, p.By(), req.DryRun, true)
 }
+
+// unseenEvery is how many rounds of the clean-up duty pass between two that
+// also look for connections whose death went unrecorded (see deadConnRule),
+// which reads every connection's key and index key.
+const unseenEvery = 30
 
 // RunCleanup runs as the duty leader's duty until ctx ends: a clean-up round
 // every CleanupInterval. It keeps nothing in memory between rounds: each
@@ -79,8 +85,8 @@ func (r *Registry) Cleanup(ctx context.Context, p Principal, req CleanupRequest)
 func (r *Registry) RunCleanup(ctx context.Context) error {
 	t := time.NewTicker(r.cfg.CleanupInterval)
 	defer t.Stop()
-	for {
-		rep, err := r.cleanupRound(ctx, "cleanup", false)
+	for round := 0; ; round++ {
+		rep, err := r.cleanupRound(ctx, "cleanup", false, round%unseenEvery == 0)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			r.log.Warn("clean-up round failed; retrying", "error", err)
@@ -96,16 +102,15 @@ func (r *Registry) RunCleanup(ctx context.Context) error {
 }
 
 // cleanupRound applies the clean-up rules once; by names who ends the
-// sessions.
-func (r *Registry) cleanupRound(ctx context.Context, by string, dryRun bool) (CleanupReport, error) {
+// sessions. With unseen it also looks for dead connections whose death no
+// node recorded.
+func (r *Registry) cleanupRound(ctx context.Context, by string, dryRun, unseen bool) (CleanupReport, error) {
 	now := time.Now().UTC()
 	rep := CleanupReport{At: now.Truncate(time.Second), DryRun: dryRun, Ended: []CleanupItem{}, Skipped: []CleanupItem{}}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	resp, err := r.cli.Txn(cctx).Then(
-		clientv3.OpGet(connsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		clientv3.OpGet(connTombsPrefix, clientv3.WithPrefix()),
-		clientv3.OpGet(ixConnPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		clientv3.OpGet(policiesPrefix, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
@@ -119,10 +124,10 @@ func (r *Registry) cleanupRound(ctx context.Context, by string, dryRun bool) (Cl
 		}
 		return verdicts[id]
 	}
-	if err := r.deadConnRule(ctx, resp, now, dryRun, get); err != nil {
+	if err := r.deadConnRule(ctx, resp.Responses[0].GetResponseRange().Kvs, rev, now, dryRun, unseen, get); err != nil {
 		return rep, err
 	}
-	pols, err := decodePolicies(resp.Responses[3].GetResponseRange().Kvs)
+	pols, err := decodePolicies(resp.Responses[1].GetResponseRange().Kvs)
 	if err != nil {
 		return rep, err
 	}
@@ -215,33 +220,64 @@ func directConn(rec *record) *ConnectionRef {
 	return nil
 }
 
-// deadConnRule judges the sessions of dead shared connections, from the
-// round's read: the live connections' keys, the records of dead ones and the
-// connection index. A connection that has sessions but is neither live nor
-// known dead died unseen (the watch fell behind, or its record of death
-// expired): its death is recorded now, so its service timeout runs from now.
-func (r *Registry) deadConnRule(ctx context.Context, resp *clientv3.TxnResponse, now time.Time, dryRun bool, get func(string) *verdict) error {
-	live := map[string]bool{}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
-		live[strings.TrimPrefix(string(kv.Key), connsPrefix)] = true
-	}
+// deadConnRule judges the sessions of dead shared connections: those of
+// each connection whose death is recorded (tombs), read from the connection
+// index at the round's revision. With unseen it also reads every connection's
+// key and every index key: a connection that has sessions but is neither
+// live nor known dead died unseen (the watch fell behind a compaction, or
+// its record of death expired while no clean-up ran), and its death is
+// recorded now, so its service timeout runs from now.
+func (r *Registry) deadConnRule(ctx context.Context, tombs []*mvccpb.KeyValue, rev int64, now time.Time, dryRun, unseen bool, get func(string) *verdict) error {
 	dead := map[string]*connTomb{}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+	var ops []clientv3.Op
+	for _, kv := range tombs {
 		t, err := decodeConnTomb(kv)
 		if err != nil {
 			return err
 		}
 		dead[t.ID] = t
+		ops = append(ops, clientv3.OpGet(connSessionsPrefix(t.ID), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev)))
 	}
-	unseen := map[string]string{} // connection -> one of its sessions
-	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
-		conn, id, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), ixConnPrefix), "/")
-		if live[conn] {
-			continue
+	var live map[string]bool
+	if unseen {
+		live = map[string]bool{}
+		ops = append(ops, clientv3.OpGet(connsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev)),
+			clientv3.OpGet(ixConnPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev)))
+	}
+	nTombs := len(dead)
+	results := make([][]*mvccpb.KeyValue, len(ops))
+	for from := 0; from < len(ops); from += maxTxnOps {
+		cctx, cancel := r.opCtx(ctx)
+		resp, err := r.cli.Txn(cctx).Then(ops[from:min(from+maxTxnOps, len(ops))]...).Commit()
+		cancel()
+		if err != nil {
+			return translate("read connections for clean-up", err)
 		}
+		for k, op := range resp.Responses {
+			results[from+k] = op.GetResponseRange().Kvs
+		}
+	}
+	var index []*mvccpb.KeyValue // of dead connections, and of unseen ones
+	for _, kvs := range results[:nTombs] {
+		index = append(index, kvs...)
+	}
+	if unseen {
+		for _, kv := range results[nTombs] {
+			live[strings.TrimPrefix(string(kv.Key), connsPrefix)] = true
+		}
+		for _, kv := range results[nTombs+1] {
+			conn, _, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), ixConnPrefix), "/")
+			if !live[conn] && dead[conn] == nil {
+				index = append(index, kv)
+			}
+		}
+	}
+	unseenConns := map[string][]string{} // connection -> its sessions
+	for _, kv := range index {
+		conn, id, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), ixConnPrefix), "/")
 		t := dead[conn]
 		if t == nil {
-			unseen[conn] = id
+			unseenConns[conn] = append(unseenConns[conn], id)
 			continue
 		}
 		v := get(id)
@@ -255,8 +291,8 @@ func (r *Registry) deadConnRule(ctx context.Context, resp *clientv3.TxnResponse,
 				conn, t.Service, t.Host, t.DiedAt.Format(time.RFC3339), time.Duration(t.ServiceTimeoutSeconds)*time.Second, t.cleanupAt().Format(time.RFC3339))
 		}
 	}
-	for conn, id := range unseen {
-		rec, _, err := r.lookup(ctx, id)
+	for conn, ids := range unseenConns {
+		rec, _, err := r.lookup(ctx, ids[0])
 		if err != nil || rec == nil {
 			continue
 		}
@@ -267,17 +303,22 @@ func (r *Registry) deadConnRule(ctx context.Context, resp *clientv3.TxnResponse,
 			}
 		}
 		if ref == nil || ref.Kind != ConnShared {
-			continue
+			continue // a direct connection ends with its session: never unseen
 		}
-		t := &connTomb{Connection: Connection{ID: conn, Kind: ConnShared, Service: ref.Service, ServiceTimeoutSeconds: ref.ServiceTimeoutSeconds}, DiedAt: now}
+		// What the sessions' records keep of it; its opener is, but for an
+		// admin, its owner.
+		t := &connTomb{Connection: Connection{ID: conn, Kind: ConnShared, Service: ref.Service, ServiceTimeoutSeconds: ref.ServiceTimeoutSeconds,
+			Parameters: map[string]string{}, Owner: rec.OpenedBy}, DiedAt: now}
 		if !dryRun {
-			if _, err := r.writeConnTomb(ctx, &connRecord{Connection: t.Connection}, "cleanup"); err != nil {
+			if _, err := r.writeConnTomb(ctx, &connRecord{Connection: t.Connection, OwnerToken: rec.OpenedByToken}, "cleanup"); err != nil {
 				return err
 			}
 			r.log.Warn("found sessions of a shared connection whose death no node recorded; its service timeout runs from now", "connection-id", conn)
 		}
-		get(id).skip = fmt.Sprintf("its shared connection %s (service %s) is gone and its death was not recorded; its service timeout of %s runs from now, until %s",
-			conn, ref.Service, time.Duration(ref.ServiceTimeoutSeconds)*time.Second, t.cleanupAt().Format(time.RFC3339))
+		for _, id := range ids {
+			get(id).skip = fmt.Sprintf("its shared connection %s (service %s) is gone and its death was not recorded; its service timeout of %s runs from now, until %s",
+				conn, ref.Service, time.Duration(ref.ServiceTimeoutSeconds)*time.Second, t.cleanupAt().Format(time.RFC3339))
+		}
 	}
 	return nil
 }

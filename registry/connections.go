@@ -452,15 +452,15 @@ func (r *Registry) RegisterConnection(ctx context.Context, p Principal, req Conn
 }
 
 // mayReadConnection: operators and admins every connection, a client token
-// the connections it owns.
-func (p Principal) mayReadConnection(ownerToken, id string) error {
+// the connections it owns; what completes "may not … connection X".
+func (p Principal) mayReadConnection(what, ownerToken, id string) error {
 	switch {
 	case !p.isSession() && (p.Role == RoleAdmin || p.Role == RoleOperator):
 		return nil
 	case !p.isSession() && p.Role == RoleClient && p.TokenID == ownerToken:
 		return nil
 	}
-	return denied("%s may not read connection %s: only operators, admins and the token that owns it may", p.describe(), id)
+	return denied("%s may not %s connection %s: only operators, admins and the token that owns it may", p.describe(), what, id)
 }
 
 // GetConnection returns one connection, live or dead, with the number of
@@ -482,7 +482,7 @@ func (r *Registry) GetConnection(ctx context.Context, p Principal, id string) (C
 		if err != nil {
 			return Connection{}, err
 		}
-		if err := p.mayReadConnection(cr.OwnerToken, id); err != nil {
+		if err := p.mayReadConnection("read", cr.OwnerToken, id); err != nil {
 			return Connection{}, err
 		}
 		c := cr.Connection
@@ -499,7 +499,7 @@ func (r *Registry) GetConnection(ctx context.Context, p Principal, id string) (C
 		if err != nil {
 			return Connection{}, err
 		}
-		if err := p.mayReadConnection(t.OwnerToken, id); err != nil {
+		if err := p.mayReadConnection("read", t.OwnerToken, id); err != nil {
 			return Connection{}, err
 		}
 		c := t.shown()
@@ -632,15 +632,12 @@ func (r *Registry) DeleteConnection(ctx context.Context, p Principal, id string)
 	if err != nil {
 		return Connection{}, err
 	}
-	if err := p.mayReadConnection(cr.OwnerToken, id); err != nil {
+	if err := p.mayReadConnection("delete", cr.OwnerToken, id); err != nil {
 		return Connection{}, err
 	}
 	if cr.Kind == ConnDirect {
 		return Connection{}, fmt.Errorf("%w: connection %s is the direct connection of session %s and lives and dies with it; to end it, kill the session (roster session kill %s)",
 			ErrDirectConnection, id, cr.Session, cr.Session)
-	}
-	if p.Role == RoleClient && p.TokenID != cr.OwnerToken {
-		return Connection{}, denied("%s may not delete connection %s: only the token that registered it, operators and admins may", p.describe(), id)
 	}
 	t, err := r.writeConnTomb(ctx, cr, p.By(), clientv3.Compare(clientv3.CreateRevision(connKey(id)), "=", cr.createRev))
 	if err != nil {

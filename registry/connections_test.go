@@ -615,3 +615,37 @@ func TestConnectionInput(t *testing.T) {
 		t.Errorf("clean-up by a client token: %v", err)
 	}
 }
+
+// TestUnseenConnectionDeath: a shared connection whose death no node recorded
+// (here: its record of death is removed behind the registry's back) is found
+// by clean-up, which records it, so its service timeout runs from then.
+func TestUnseenConnectionDeath(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	_, app := token(t, r, "app-1", registry.RoleClient)
+	allow(t, r, "default", []string{"u0", "u1"}, []string{"web"})
+	conn := register(t, r, app, registry.ConnectionRequest{Service: "web", TTLSeconds: 60, ServiceTimeoutSeconds: seconds(600)})
+	for _, u := range []string{"u0", "u1"} {
+		open(t, r, app, registry.OpenRequest{User: u, Module: "sales", Connections: []string{conn.ID}})
+	}
+	if _, err := r.DeleteConnection(ctx, app, conn.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.Client().Delete(ctx, "/roster/v1/conntombs/"+conn.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.GetConnection(ctx, app, conn.ID); !errors.Is(err, registry.ErrConnectionNotFound) {
+		t.Fatalf("the connection is still known: %v", err)
+	}
+	rep, err := r.Cleanup(ctx, admin, registry.CleanupRequest{})
+	if err != nil || len(rep.Ended) != 0 || len(rep.Skipped) != 2 || !strings.Contains(rep.Skipped[0].Why, "its death was not recorded; its service timeout of 10m0s runs from now") {
+		t.Fatalf("clean-up: %+v, %v", rep, err)
+	}
+	c, err := r.GetConnection(ctx, app, conn.ID)
+	if err != nil || c.State != registry.ConnDead || c.EndedBy != "cleanup" || c.Sessions != 2 {
+		t.Fatalf("the death was not recorded: %+v, %v", c, err)
+	}
+	if rep, err := r.Cleanup(ctx, admin, registry.CleanupRequest{}); err != nil || len(rep.Skipped) != 2 || !strings.Contains(rep.Skipped[1].Why, "service timeout of 10m0s runs until") {
+		t.Fatalf("the next round: %+v, %v", rep, err)
+	}
+}
