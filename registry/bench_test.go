@@ -269,3 +269,71 @@ func BenchmarkHistoryLag(b *testing.B) {
 	b.ReportMetric(pct(took, 0.99), "end-call-p99-ms")
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ends/s")
 }
+
+// BenchmarkBatchHeartbeat compares two ways an application server keeps
+// 10,000 sessions alive, in sessions renewed per second (sessions/s):
+//
+//   - batch: one HeartbeatBatch call renews the shared connection and all
+//     10,000 sessions opened through it (an op is one call);
+//   - single: one Heartbeat per session, from 64 concurrent clients (an op
+//     is one heartbeat), as without batches.
+//
+// Both ride the same long-lived keepalive streams.
+//
+//	go test -run '^$' -bench BatchHeartbeat -benchtime 3s -count 5 ./registry/
+func BenchmarkBatchHeartbeat(b *testing.B) {
+	r := newRegistry(b)
+	ctx := context.Background()
+	if _, err := r.PutUser(ctx, admin, "default", "web", registry.UserSpec{Rights: []registry.Right{registry.RightMultiLogin}, Services: []string{"web"}}); err != nil {
+		b.Fatal(err)
+	}
+	conn, err := r.RegisterConnection(ctx, admin, registry.ConnectionRequest{Service: "web", TTLSeconds: 600})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]string, registry.MaxBatchSessions)
+	var seq atomic.Int64
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for i := seq.Add(1) - 1; i < int64(len(ids)); i = seq.Add(1) - 1 {
+				s, err := r.Open(ctx, admin, registry.OpenRequest{User: "web", Module: "sales", TTLSeconds: 600, Connections: []string{conn.ID}})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ids[i] = s.ID
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		return
+	}
+	b.Run("batch", func(b *testing.B) {
+		req := registry.BatchHeartbeatRequest{Connection: conn.ID, Sessions: ids}
+		for b.Loop() {
+			res, err := r.HeartbeatBatch(ctx, admin, req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Sessions[len(ids)-1].Err != nil {
+				b.Fatal(res.Sessions[len(ids)-1].Err)
+			}
+		}
+		b.ReportMetric(float64(b.N*len(ids))/b.Elapsed().Seconds(), "sessions/s")
+	})
+	b.Run("single", func(b *testing.B) {
+		var seq atomic.Int64
+		parallelism(b)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := r.Heartbeat(ctx, admin, ids[seq.Add(1)%int64(len(ids))]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sessions/s")
+	})
+}

@@ -98,6 +98,10 @@ func (e *EndedError) Error() string {
 		s += "was closed"
 	case EndShutdown:
 		s += "was shut down"
+	case EndIdle:
+		s += "was ended by clean-up for being idle"
+	case EndCleanup:
+		s += "was ended by clean-up"
 	default:
 		s += "ended (" + string(d.Reason) + ")"
 	}

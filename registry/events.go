@@ -29,6 +29,12 @@ const (
 	EventExpired EventType = "expired" // its lease ran out
 	// EventShutdown: the session was ended by a shutdown of its pool or node.
 	EventShutdown EventType = "shutdown"
+	// EventIdle: clean-up ended the session because its user was idle past
+	// its policy's idle timeout.
+	EventIdle EventType = "idle"
+	// EventCleanup: clean-up ended the session: its shared connection died
+	// and the service timeout ran out, or it outlived its policy's max lifetime.
+	EventCleanup EventType = "cleanup"
 	// EventShutdownRequested: a shutdown request covers the session (on a
 	// session stream) or was made (on the feed); Event.Shutdown says which,
 	// with its deadline and message.
@@ -43,11 +49,11 @@ const (
 	EventResync EventType = "resync"
 )
 
-// IsEnd reports whether t is the end of a session: closed, killed, expired
-// or shutdown. A session stream ends after it.
+// IsEnd reports whether t is the end of a session: closed, killed, expired,
+// shutdown, idle or cleanup. A session stream ends after it.
 func (t EventType) IsEnd() bool {
 	switch t {
-	case EventClosed, EventKilled, EventExpired, EventShutdown:
+	case EventClosed, EventKilled, EventExpired, EventShutdown, EventIdle, EventCleanup:
 		return true
 	}
 	return false

@@ -27,6 +27,11 @@ import (
 //	history/<newest-first end time>/<id>       an ended session (JSON HistoryRecord), on no lease; the time is
 //	                                           9999999999999 minus the end in Unix ms, 13 digits, so keys sort newest first
 //	history-checkpoint                         the etcd revision up to which every tombstone's creation is in history/
+//	conns/<id>                                 a connection (JSON): a shared one on its own lease, a direct one on its session's lease
+//	conntombs/<id>                             a dead shared connection: when it died, its service timeout (JSON), on a lease of its own
+//	ix/c/<conn-id>/<id>                        index of the sessions that use a connection, value: indexAttrs, on the session's lease
+//	activity/<id>                              a session's last recorded activity, Unix milliseconds, on the session's lease
+//	policies/<module|tenant>/<name>            a clean-up policy of a module or a tenant (JSON)
 //	alive                                      Unix milliseconds, rewritten by every node
 //
 // Names are validated (no "/", no control characters) before they reach a
@@ -53,6 +58,11 @@ const (
 	historyPrefix    = root + "history/"
 	historyCPKey     = root + "history-checkpoint"
 	aliveKey         = root + "alive"
+	connsPrefix      = root + "conns/"
+	connTombsPrefix  = root + "conntombs/"
+	ixConnPrefix     = indexPrefix + "c/"
+	activityPrefix   = root + "activity/"
+	policiesPrefix   = root + "policies/"
 )
 
 // eventRange is the key range the event streams watch: from sessions/ to
@@ -69,13 +79,17 @@ func tombstoneKey(id string) string { return tombstonesPrefix + id }
 // indexKeys lists every index key of a session; they are written and
 // deleted together with the session record.
 func indexKeys(r *record) []string {
-	return []string{
+	keys := []string{
 		ixTenantPrefix + r.Tenant + "/" + r.ID,
 		userModulePrefix(r.Tenant, r.User, r.Module) + r.ID,
 		ixModulePrefix + r.Module + "/" + r.Tenant + "/" + r.ID,
 		ixPoolPrefix + r.Pool + "/" + r.ID,
 		ixOwnerPrefix + r.OpenedByToken + "/" + r.ID,
 	}
+	for _, c := range r.Connections {
+		keys = append(keys, connSessionsPrefix(c.ID)+r.ID)
+	}
+	return keys
 }
 
 // userModulePrefix holds every session of one user in one module: the
@@ -121,4 +135,13 @@ func historyBefore(ms int64) string {
 		return historyPrefix
 	}
 	return fmt.Sprintf("%s%013d", historyPrefix, historyNewest-ms+1)
+}
+
+func connKey(id string) string            { return connsPrefix + id }
+func connTombKey(id string) string        { return connTombsPrefix + id }
+func connSessionsPrefix(id string) string { return ixConnPrefix + id + "/" }
+func activityKey(id string) string        { return activityPrefix + id }
+
+func policyKey(scope PolicyScope, name string) string {
+	return policiesPrefix + string(scope) + "/" + name
 }

@@ -29,6 +29,8 @@ func planList(f ListFilter) listPlan {
 	var prefix string
 	covered := map[string]bool{}
 	switch {
+	case f.Connection != "":
+		prefix, covered["connection"] = connSessionsPrefix(f.Connection), true
 	case f.OpenedByToken != "":
 		prefix, covered["opened_by"] = ixOwnerPrefix+f.OpenedByToken+"/", true
 	case f.User != "":
@@ -98,6 +100,11 @@ func (r *Registry) checkFilter(f *ListFilter) error {
 	}
 	if f.ClientKind != "" {
 		if err := checkKind(f.ClientKind); err != nil {
+			return err
+		}
+	}
+	if f.Connection != "" {
+		if err := CheckConnectionID("connection", f.Connection); err != nil {
 			return err
 		}
 	}

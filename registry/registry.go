@@ -42,6 +42,9 @@ type Config struct {
 	// HistoryPruneInterval is how often the history duty deletes the records
 	// older than HistoryRetention.
 	HistoryPruneInterval time.Duration
+	// CleanupInterval is how often the clean-up duty (RunCleanup) looks for
+	// sessions to end.
+	CleanupInterval time.Duration
 	// Logger receives the registry's own logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -61,6 +64,7 @@ func DefaultConfig() Config {
 
 		HistoryRetention:     DefaultHistoryRetention,
 		HistoryPruneInterval: time.Minute,
+		CleanupInterval:      10 * time.Second,
 	}
 }
 
@@ -98,6 +102,8 @@ func (c *Config) ValidateSettings() error {
 		return fmt.Errorf("registry: config: history retention %s must not be negative (0 keeps no history)", c.HistoryRetention)
 	case c.HistoryPruneInterval <= 0:
 		return fmt.Errorf("registry: config: history prune interval %s must be positive", c.HistoryPruneInterval)
+	case c.CleanupInterval < 100*time.Millisecond:
+		return fmt.Errorf("registry: config: clean-up interval %s must be at least 100ms", c.CleanupInterval)
 	}
 	if err := checkName("node", c.Node); err != nil {
 		return fmt.Errorf("registry: config: %w", err)
@@ -144,6 +150,13 @@ type Registry struct {
 	// pendingChanged is closed and replaced whenever pending changes.
 	pendingChanged chan struct{}
 
+	// actMu guards policies, the node's copy of the clean-up policies
+	// (watchPolicies keeps it), and lastActive, when this node last wrote
+	// each session's activity (see noteActivity).
+	actMu      sync.Mutex
+	policies   policySet
+	lastActive map[string]time.Time
+
 	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
 	streamsMu sync.Mutex
@@ -165,7 +178,8 @@ func New(cfg Config) (*Registry, error) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel, live: map[string]*record{}}
+	r := &Registry{cfg: cfg, cli: cfg.Client, log: log, ctx: ctx, cancel: cancel, live: map[string]*record{}, lastActive: map[string]time.Time{}}
+	r.policies = newPolicySet(nil)
 	r.watched.ch = make(chan struct{})
 	r.pendingChanged = make(chan struct{})
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
@@ -175,7 +189,9 @@ func New(cfg Config) (*Registry, error) {
 // Start ends the sessions that expired while the whole cluster was down
 // (see expireDowntime), then starts the background work: the watch on
 // session deletions that evicts the cache and records a tombstone for
-// every session whose lease expired, and the alive beacon. If the
+// every session whose lease expired, the alive beacon, the watches that
+// keep the pending shutdown requests and the clean-up policies, the
+// shutdown backstop, and the watch that records dead shared connections. If the
 // downtime check cannot read etcd, Start returns its error and starts
 // nothing; cancelling ctx abandons the check.
 func (r *Registry) Start(ctx context.Context) error {
@@ -199,6 +215,15 @@ func (r *Registry) Start(ctx context.Context) error {
 	go func() {
 		defer r.wg.Done()
 		r.backstopShutdowns(r.ctx)
+	}()
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		r.watchConnections(r.ctx)
+	}()
+	go func() {
+		defer r.wg.Done()
+		r.watchPolicies(r.ctx)
 	}()
 	return nil
 }
@@ -229,6 +254,7 @@ func (r *Registry) evict(id string, rev int64) {
 	defer r.liveMu.Unlock()
 	r.evictedUpTo = max(r.evictedUpTo, rev)
 	delete(r.live, id)
+	r.forgetActivity(id)
 }
 
 func (r *Registry) forget(id string) {

@@ -60,24 +60,79 @@ func newRenewer(ctx context.Context, cli *clientv3.Client, n int) *renewer {
 // not revoked yet waits for the revocation), so it is cancelled: its
 // other waiters fail as unavailable and the next renewal opens a new one.
 func (r *renewer) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
-	h := fnv.New32a()
-	h.Write([]byte(strconv.FormatInt(int64(id), 16)))
-	s := r.streams[int(h.Sum32()%uint32(len(r.streams)))]
 	ch := make(chan renewResult, 1)
-	cancelStream, err := s.send(int64(id), ch)
+	cancelStream, err := r.stream(id).send(int64(id), ch)
 	if err != nil {
 		return 0, err
 	}
+	res := wait(ctx, ch, cancelStream)
+	return res.ttl, res.err
+}
+
+// stream is the stream that carries the renewals of lease id.
+func (r *renewer) stream(id clientv3.LeaseID) *renewStream {
+	h := fnv.New32a()
+	h.Write([]byte(strconv.FormatInt(int64(id), 16)))
+	return r.streams[int(h.Sum32()%uint32(len(r.streams)))]
+}
+
+// wait waits for the answer on ch; when ctx's deadline passes first, it
+// cancels the stream (see renew).
+func wait(ctx context.Context, ch chan renewResult, cancelStream context.CancelFunc) renewResult {
 	select {
 	case res := <-ch:
-		return res.ttl, res.err
+		return res
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			cancelStream()
-			return 0, fmt.Errorf("%w: lease renewal got no answer in time", ErrUnavailable)
+			return renewResult{err: fmt.Errorf("%w: lease renewal got no answer in time", ErrUnavailable)}
 		}
-		return 0, ctx.Err()
+		return renewResult{err: ctx.Err()}
 	}
+}
+
+// renewWindow bounds the renewals renewAll keeps in flight: enough to keep
+// the streams busy, few enough that the requests and answers waiting on a
+// stream stay far below gRPC's flow-control window (a Send blocked on flow
+// control holds the stream's lock, which its receiver needs to hand the
+// answers out).
+const renewWindow = 1024
+
+// renewAll renews many leases at once and returns each one's result, in the
+// order of ids; a lease may appear once. The renewals ride the same
+// long-lived streams as renew, pipelined: up to renewWindow are in flight,
+// and each answer that arrives lets the next request go. Cancelling ctx
+// abandons the waits as in renew; the leases not yet asked for get its error.
+func (r *renewer) renewAll(ctx context.Context, ids []clientv3.LeaseID) []renewResult {
+	out := make([]renewResult, len(ids))
+	type inflight struct {
+		i      int
+		ch     chan renewResult
+		cancel context.CancelFunc
+	}
+	window := make(chan inflight, renewWindow)
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for f := range window {
+			out[f.i] = wait(ctx, f.ch, f.cancel)
+		}
+	}()
+	for i, id := range ids {
+		ch := make(chan renewResult, 1)
+		cancelStream := context.CancelFunc(func() {})
+		if err := ctx.Err(); err != nil {
+			ch <- renewResult{err: translate("renew lease", err)}
+		} else if c, err := r.stream(id).send(int64(id), ch); err != nil {
+			ch <- renewResult{err: err}
+		} else {
+			cancelStream = c
+		}
+		window <- inflight{i, ch, cancelStream}
+	}
+	close(window)
+	<-collected
+	return out
 }
 
 func (r *renewer) close() {

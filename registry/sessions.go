@@ -126,15 +126,22 @@ func (r *Registry) normalize(req *OpenRequest) error {
 	if req.TTLSeconds < minTTL || req.TTLSeconds > maxTTL {
 		return invalid("ttl_seconds", "%d is out of range; it must be between %d and %d seconds (omit it for the default %d)", req.TTLSeconds, minTTL, maxTTL, int64(r.cfg.DefaultTTL/time.Second))
 	}
-	return checkLabels(req.Labels)
+	if err := checkLabels(req.Labels); err != nil {
+		return err
+	}
+	return normalizeConnections(req)
 }
 
 // Open logs a user in. The session record and its index keys are written
 // in one transaction on a lease of its own; unless the user holds the
 // multi-login right, the transaction succeeds only when the user has no
 // session in the module, so of concurrent logins exactly one wins and the
-// others get an *AlreadyLoggedInError. Cancelling ctx abandons the open;
-// a lease granted for it then expires by itself.
+// others get an *AlreadyLoggedInError. The same transaction creates the
+// direct connection, if any, and compares that the shared connections named
+// are live; every connection's service must be among the user's services
+// (*ServiceNotAllowedError), a shared one must be live (*ConnectionGoneError)
+// and registered by p's token unless p is an admin. Cancelling ctx abandons
+// the open; a lease granted for it then expires by itself.
 func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (OpenedSession, error) {
 	if err := requireRole(p, "open sessions", RoleClient, RoleAdmin); err != nil {
 		return OpenedSession{}, err
@@ -175,16 +182,27 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 	}
 	attrs, _ := json.Marshal(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedByToken})
 	held := userModulePrefix(rec.Tenant, rec.User, rec.Module)
+	directID := ""
+	if req.Connection != nil {
+		directID = newSessionID(now)
+	}
 
-	// The rights are read first and the transaction compares the user
-	// entry's revision, so a right revoked meanwhile is never used; on
-	// such a race it reads the rights again. A licence seat taken by a
-	// concurrent open is no such race: it picks another seat.
+	// The rights and services are read first and the transaction compares
+	// the user entry's revision, so a right or service revoked meanwhile is
+	// never used; on such a race it reads them again. A licence seat taken
+	// by a concurrent open is no such race: it picks another seat. The
+	// shared connections named are read with them and compared unchanged,
+	// so none can die between the check and the write.
 	for attempt := 0; attempt < 5; {
-		user, userRev, reads, err := r.readUser(ctx, rec.Tenant, rec.User, seatReads(&rec)...)
+		user, userRev, reads, err := r.readUser(ctx, rec.Tenant, rec.User, append(seatReads(&rec), connReads(&req)...)...)
 		if err != nil {
 			return OpenedSession{}, err
 		}
+		conns, err := r.planConnections(ctx, p, &rec, &req, user, reads, 3, directID)
+		if err != nil {
+			return OpenedSession{}, err
+		}
+		rec.Connections = conns.refs
 		seat, err := planSeat(&rec, reads, 1)
 		if err != nil {
 			return OpenedSession{}, err
@@ -201,18 +219,22 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		if seat.key != "" {
 			puts = append(puts, seat.put)
 		}
+		puts = append(puts, conns.puts...)
 		cmps := append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev),
 			clientv3.Compare(clientv3.Version(poolKey(rec.Pool)), "=", 0),    // the pool is active
 			clientv3.Compare(clientv3.Version(maintKey(rec.Tenant)), "=", 0), // no "all" shutdown pending
 		}, seat.cmps...)
+		cmps = append(cmps, conns.cmps...)
 		if !user.has(RightMultiLogin) {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(held), "=", 0).WithPrefix())
 		}
-		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).
-			Else(clientv3.OpGet(held, clientv3.WithPrefix(), clientv3.WithLimit(1)), clientv3.OpGet(userKey(rec.Tenant, rec.User)),
-				clientv3.OpGet(poolKey(rec.Pool)), clientv3.OpGet(maintKey(rec.Tenant))).
-			Commit()
+		elses := []clientv3.Op{clientv3.OpGet(held, clientv3.WithPrefix(), clientv3.WithLimit(1)), clientv3.OpGet(userKey(rec.Tenant, rec.User)),
+			clientv3.OpGet(poolKey(rec.Pool)), clientv3.OpGet(maintKey(rec.Tenant))}
+		for _, c := range req.Connections {
+			elses = append(elses, clientv3.OpGet(connKey(c), clientv3.WithKeysOnly()))
+		}
+		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
 		if err != nil {
 			return OpenedSession{}, translate("open session", err)
 		}
@@ -237,6 +259,10 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		if currentRev != userRev {
 			attempt++
 			continue // the user's rights changed under us: decide again
+		}
+		if connChanged(resp, 4) {
+			attempt++
+			continue // a shared connection died under us: the next read says which
 		}
 		if len(holders) == 1 && !user.has(RightMultiLogin) {
 			err := r.alreadyLoggedIn(ctx, rec.Tenant, rec.User, rec.Module, string(holders[0].Key))
@@ -401,6 +427,13 @@ func (p Principal) mayRead(o owner) error {
 // keepalive stream (no raft write). A session that has ended answers
 // *EndedError; one never known answers ErrSessionNotFound.
 func (r *Registry) Heartbeat(ctx context.Context, p Principal, id string) (HeartbeatResult, error) {
+	return r.HeartbeatWith(ctx, p, id, HeartbeatRequest{})
+}
+
+// HeartbeatWith is Heartbeat with the heartbeat's body: with req.Active it
+// also records that the session's user did something, for idle clean-up
+// (see noteActivity: at most one etcd write per tenth of the idle timeout).
+func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, req HeartbeatRequest) (HeartbeatResult, error) {
 	rec, err := r.resolve(ctx, p, id, "heartbeat", p.mayActOn("heartbeat"))
 	if err != nil {
 		return HeartbeatResult{}, err
@@ -414,6 +447,9 @@ func (r *Registry) Heartbeat(ctx context.Context, p Principal, id string) (Heart
 	}
 	if err != nil {
 		return HeartbeatResult{}, err
+	}
+	if req.Active {
+		r.noteActivity(ctx, []*record{rec})
 	}
 	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: ttl, Shutdown: r.pendingFor(rec)}, nil
 }
@@ -447,7 +483,7 @@ func (r *Registry) Logout(ctx context.Context, p Principal, id string) (Ended, e
 	if err != nil {
 		return Ended{}, err
 	}
-	return r.end(ctx, rec, Ended{ID: id, Reason: EndClosed, By: p.By()})
+	return r.endWarned(ctx, rec, Ended{ID: id, Reason: EndClosed, By: p.By()})
 }
 
 // Kill cuts a session. Admins and operators may kill any session; a user
@@ -464,7 +500,18 @@ func (r *Registry) Kill(ctx context.Context, p Principal, id, reason string) (En
 	if err != nil {
 		return Ended{}, err
 	}
-	return r.end(ctx, rec, Ended{ID: id, Reason: EndKilled, By: p.By(), Message: reason})
+	return r.endWarned(ctx, rec, Ended{ID: id, Reason: EndKilled, By: p.By(), Message: reason})
+}
+
+// endWarned is end for a logout or kill: the answer warns when the session
+// worked through a shared connection that has died and whose service timeout
+// is still running, so that clean-up would have left it alone until then.
+func (r *Registry) endWarned(ctx context.Context, rec *record, how Ended) (Ended, error) {
+	ended, err := r.end(ctx, rec, how)
+	if err == nil {
+		ended.Warning = r.deadConnWarning(ctx, rec)
+	}
+	return ended, err
 }
 
 func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
@@ -506,6 +553,12 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...cli
 	if rec.Seat != "" {
 		ops = append(ops, clientv3.OpDelete(rec.Seat)) // freed with the session, not after the lease's revocation
 	}
+	for _, c := range rec.Connections {
+		if c.Kind == ConnDirect {
+			ops = append(ops, clientv3.OpDelete(connKey(c.ID)))
+		}
+	}
+	ops = append(ops, clientv3.OpDelete(activityKey(rec.ID)))
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	var resp *clientv3.TxnResponse

@@ -41,6 +41,13 @@ const (
 	EndClosed  EndReason = "closed"  // the client logged out
 	EndKilled  EndReason = "killed"  // an operator or user cut it
 	EndExpired EndReason = "expired" // its lease ran out: the client stopped heartbeating
+	// EndIdle: clean-up ended it because its user did nothing for longer than
+	// the idle timeout of its module's or tenant's policy.
+	EndIdle EndReason = "idle"
+	// EndCleanup: clean-up ended it because its shared connection died and the
+	// connection's service timeout ran out, or because it outlived the max
+	// lifetime of its module's or tenant's policy.
+	EndCleanup EndReason = "cleanup"
 )
 
 // OpenRequest is the body of a session open (POST /v1/sessions).
@@ -55,6 +62,15 @@ type OpenRequest struct {
 	Pool       string            `json:"pool,omitempty"`
 	TTLSeconds int64             `json:"ttl_seconds,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	// Connection, if given, is the session's direct connection: one client,
+	// one session. It is created in the open's transaction on the session's
+	// lease and lives and dies with the session.
+	Connection *DirectConnection `json:"connection,omitempty"`
+	// Connections names shared connections (registered with
+	// POST /v1/connections) the session works through; each must be live
+	// and registered by the token that opens the session (or the opener is
+	// an admin).
+	Connections []string `json:"connections,omitempty"`
 }
 
 // Session is a live session as the API shows it.
@@ -76,6 +92,9 @@ type Session struct {
 	Labels           map[string]string `json:"labels"`
 	// OpenedBy names the API token that opened the session.
 	OpenedBy string `json:"opened_by"`
+	// Connections are the connections the session works through: its direct
+	// connection first, if it has one, then the shared ones.
+	Connections []ConnectionRef `json:"connections,omitempty"`
 }
 
 // OpenedSession is the answer to a successful open: the session and the
@@ -95,6 +114,14 @@ type HeartbeatResult struct {
 	Shutdown *ShutdownNotice `json:"shutdown,omitempty"`
 }
 
+// HeartbeatRequest is the optional body of POST /v1/sessions/{id}/heartbeat.
+type HeartbeatRequest struct {
+	// Active says that the session's user did something since the last
+	// heartbeat; idle clean-up counts from the last such heartbeat. A
+	// heartbeat without it keeps the session alive but not active.
+	Active bool `json:"active,omitempty"`
+}
+
 // Ended describes how a session ended (answer to close and kill, and the
 // content of a tombstone).
 type Ended struct {
@@ -106,6 +133,10 @@ type Ended struct {
 	At      time.Time `json:"at"`
 	// ShutdownID is the shutdown request that terminated it (reason shutdown).
 	ShutdownID string `json:"shutdown_id,omitempty"`
+	// Warning, in the answer to a logout or kill, says what the caller should
+	// know about the end, e.g. that the service timeout of the session's dead
+	// shared connection was still running. Tombstones do not keep it.
+	Warning string `json:"warning,omitempty"`
 }
 
 // SessionPage is one page of a session listing.
@@ -124,6 +155,8 @@ type ListFilter struct {
 	Site       string
 	Node       string
 	ClientKind ClientKind
+	// Connection lists the sessions that work through one connection.
+	Connection string
 	// OpenedByToken restricts the listing to sessions opened by one API
 	// token, by its id (see Principal.TokenID).
 	OpenedByToken string
@@ -133,15 +166,20 @@ type ListFilter struct {
 
 // User is an entry of the user master.
 type User struct {
-	Tenant    string    `json:"tenant"`
-	User      string    `json:"user"`
-	Rights    []Right   `json:"rights"`
+	Tenant string  `json:"tenant"`
+	User   string  `json:"user"`
+	Rights []Right `json:"rights"`
+	// Services are the connection services the user may use: a session over
+	// a connection whose service is not here is refused.
+	Services  []string  `json:"services"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// UserSpec is the body of PUT /v1/users/{tenant}/{user}.
+// UserSpec is the body of PUT /v1/users/{tenant}/{user}. It replaces the
+// user's rights and services.
 type UserSpec struct {
-	Rights []Right `json:"rights"`
+	Rights   []Right  `json:"rights"`
+	Services []string `json:"services,omitempty"`
 }
 
 // TokenInfo describes an API token; the secret itself is never stored.

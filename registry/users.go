@@ -12,6 +12,24 @@ import (
 
 func (u User) has(r Right) bool { return slices.Contains(u.Rights, r) }
 
+// hasService reports whether the user may use connections of service s.
+func (u User) hasService(s string) bool { return slices.Contains(u.Services, s) }
+
+// MaxUserServices bounds the services of one user.
+const MaxUserServices = 64
+
+// decodeUser decodes a user entry; an entry written before services
+// existed has none.
+func decodeUser(val []byte, u *User) error {
+	if err := json.Unmarshal(val, u); err != nil {
+		return err
+	}
+	if u.Services == nil {
+		u.Services = []string{}
+	}
+	return nil
+}
+
 // readUser reads a user entry and its revision; a user not in the master
 // has no rights and revision 0. Extra reads are made in the same
 // transaction; their responses follow the user's in the returned one.
@@ -24,10 +42,10 @@ func (r *Registry) readUser(ctx context.Context, tenant, user string, extra ...c
 	}
 	kvs := resp.Responses[0].GetResponseRange().Kvs
 	if len(kvs) == 0 {
-		return User{Tenant: tenant, User: user, Rights: []Right{}}, 0, resp, nil
+		return User{Tenant: tenant, User: user, Rights: []Right{}, Services: []string{}}, 0, resp, nil
 	}
 	var u User
-	if err := json.Unmarshal(kvs[0].Value, &u); err != nil {
+	if err := decodeUser(kvs[0].Value, &u); err != nil {
 		return User{}, 0, nil, fmt.Errorf("registry: decode user %s/%s: %w", tenant, user, err)
 	}
 	return u, kvs[0].ModRevision, resp, nil
@@ -40,7 +58,7 @@ func checkUserName(tenant, user string) error {
 	return checkName("user", user)
 }
 
-// PutUser creates or replaces a user entry with its rights; admins only.
+// PutUser creates or replaces a user entry with its rights and services; admins only.
 func (r *Registry) PutUser(ctx context.Context, p Principal, tenant, user string, spec UserSpec) (User, error) {
 	if err := requireRole(p, "change users", RoleAdmin); err != nil {
 		return User{}, err
@@ -58,7 +76,11 @@ func (r *Registry) PutUser(ctx context.Context, p Principal, tenant, user string
 		}
 	}
 	slices.Sort(rights)
-	u := User{Tenant: tenant, User: user, Rights: rights, UpdatedAt: time.Now().UTC().Truncate(time.Second)}
+	services, err := checkServices(spec.Services)
+	if err != nil {
+		return User{}, err
+	}
+	u := User{Tenant: tenant, User: user, Rights: rights, Services: services, UpdatedAt: time.Now().UTC().Truncate(time.Second)}
 	val, _ := json.Marshal(u)
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
@@ -108,7 +130,7 @@ func (r *Registry) ListUsers(ctx context.Context, p Principal, tenant string) ([
 	out := make([]User, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		var u User
-		if err := json.Unmarshal(kv.Value, &u); err != nil {
+		if err := decodeUser(kv.Value, &u); err != nil {
 			return nil, fmt.Errorf("registry: decode user %q: %w", kv.Key, err)
 		}
 		out = append(out, u)
@@ -135,4 +157,23 @@ func (r *Registry) DeleteUser(ctx context.Context, p Principal, tenant, user str
 		return &notFoundError{ErrUserNotFound, fmt.Sprintf("user %s/%s is not in the user master", tenant, user)}
 	}
 	return nil
+}
+
+// checkServices validates a user's services and returns them sorted, without
+// duplicates.
+func checkServices(services []string) ([]string, error) {
+	if len(services) > MaxUserServices {
+		return nil, invalid("services", "has %d entries; at most %d are allowed", len(services), MaxUserServices)
+	}
+	out := []string{}
+	for i, s := range services {
+		if err := checkName(fmt.Sprintf("services[%d]", i), s); err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -82,7 +82,7 @@ type invocation struct {
 
 // groups are the first words of the commands of two words, e.g. "session"
 // of "session open". A command of one word, e.g. "members", has no group.
-var groups = []string{"session", "user", "token", "pool", "shutdown", "license", "snapshot"}
+var groups = []string{"session", "user", "token", "pool", "shutdown", "license", "snapshot", "connection", "policy"}
 
 // sections lists the sections of the command list in the order help shows
 // them; each holds the commands whose first word it names.
@@ -95,12 +95,14 @@ var sections = []struct {
 	{"API tokens", []string{"token"}},
 	{"Pools and shutdown requests", []string{"pool", "shutdown"}},
 	{"Licences", []string{"license"}},
+	{"Connections and clean-up", []string{"connection", "policy", "cleanup"}},
 	{"Cluster", []string{"members", "snapshot"}},
 }
 
 // commands returns the command tree's leaves.
 func commands() []*command {
-	return slices.Concat(sessionCommands(), historyCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(), licenseCommands(), eventCommands(), clusterCommands())
+	return slices.Concat(sessionCommands(), historyCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(),
+		licenseCommands(), eventCommands(), clusterCommands(), connectionCommands(), policyCommands(), cleanupCommands())
 }
 
 func findCommand(path string) *command {
@@ -426,7 +428,8 @@ and ./roster-data/admin.token (the admin token a node writes on its first start)
 quick start needs no set-up. Prefer a file or the environment to --token: the command
 line is visible to other users of the machine.
 
-Exit status: 0 success, 1 error, 2 usage error, 3 a held session was killed or expired.
+Exit status: 0 success, 1 error, 2 usage error, 3 a held session was killed, expired,
+shut down or ended by clean-up.
 `
 
 func writeGroupUsage(w io.Writer, group string) {

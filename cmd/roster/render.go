@@ -46,6 +46,9 @@ func renderSession(w io.Writer, s registry.Session, token string) {
 		{"EXPIRES-IN", formatSeconds(s.ExpiresInSeconds)}, {"LABELS", formatLabels(s.Labels)},
 		{"OPENED-BY", s.OpenedBy},
 	}
+	if len(s.Connections) > 0 {
+		fields = append(fields, [2]string{"CONNECTIONS", formatConnRefs(s.Connections)})
+	}
 	if token != "" {
 		fields = append(fields, [2]string{"TOKEN", token})
 	}
@@ -63,13 +66,14 @@ func renderFields(w io.Writer, fields [][2]string) {
 
 func renderUsers(w io.Writer, users []registry.User) {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "TENANT\tUSER\tRIGHTS\tUPDATED")
+	fmt.Fprintln(tw, "TENANT\tUSER\tRIGHTS\tSERVICES\tUPDATED")
 	for _, u := range users {
 		rights := make([]string, len(u.Rights))
 		for i, r := range u.Rights {
 			rights[i] = string(r)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(u.Tenant), cell(u.User), cell(strings.Join(rights, ",")), formatTime(u.UpdatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cell(u.Tenant), cell(u.User), cell(strings.Join(rights, ",")),
+			cell(strings.Join(u.Services, ",")), formatTime(u.UpdatedAt))
 	}
 	tw.Flush()
 }

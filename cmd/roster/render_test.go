@@ -99,13 +99,13 @@ func TestRenderUsersAndTokens(t *testing.T) {
 			name: "users",
 			render: func(b *bytes.Buffer) {
 				renderUsers(b, []registry.User{
-					{Tenant: "acme", User: "alice", Rights: []registry.Right{registry.RightMultiLogin, registry.RightInterruptSessions}, UpdatedAt: at},
+					{Tenant: "acme", User: "alice", Rights: []registry.Right{registry.RightMultiLogin, registry.RightInterruptSessions}, Services: []string{"erp-ui", "web"}, UpdatedAt: at},
 					{Tenant: "default", User: "bob", Rights: []registry.Right{}, UpdatedAt: at},
 				})
 			},
-			want: "TENANT   USER   RIGHTS                          UPDATED\n" +
-				"acme     alice  multi-login,interrupt-sessions  2026-11-21T10:02:00Z\n" +
-				"default  bob    -                               2026-11-21T10:02:00Z\n",
+			want: "TENANT   USER   RIGHTS                          SERVICES    UPDATED\n" +
+				"acme     alice  multi-login,interrupt-sessions  erp-ui,web  2026-11-21T10:02:00Z\n" +
+				"default  bob    -                               -           2026-11-21T10:02:00Z\n",
 		},
 		{
 			name: "tokens",

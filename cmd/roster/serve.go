@@ -41,6 +41,7 @@ type serveFlags struct {
 	historyRetention                              time.Duration
 	etcdQuota                                     int64
 	etcdCompaction                                time.Duration
+	cleanupInterval                               time.Duration
 }
 
 func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
@@ -76,6 +77,7 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.historyRetention, "history-retention", registry.DefaultHistoryRetention, "how long the history of ended sessions is kept (0 keeps none); give every node the same")
 	fs.Int64Var(&f.etcdQuota, "etcd-quota-bytes", cluster.DefaultQuotaBytes, "etcd backend quota in bytes")
 	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
+	fs.DurationVar(&f.cleanupInterval, "cleanup-interval", registry.DefaultConfig().CleanupInterval, "how often the duty leader's clean-up ends dead shared connections' sessions, idle and too old ones")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: roster serve [flags]\n\nRuns a Roster node: gossip, an embedded etcd member it manages with the other nodes\n(or a client of an external etcd with --etcd-endpoints), and the HTTP API.\nWith an empty data dir and neither --join nor --bootstrap-expect the node starts a\ncluster of its own.\nEvery flag can also be set as ROSTER_<FLAG> (e.g. ROSTER_DATA_DIR).\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -154,6 +156,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	rcfg.Node, rcfg.Site, rcfg.Pool = f.name, f.site, f.pool
 	rcfg.DefaultTTL, rcfg.MinTTL, rcfg.MaxTTL, rcfg.TombstoneTTL = f.defaultTTL, f.minTTL, f.maxTTL, f.tombstoneTTL
 	rcfg.HistoryRetention = f.historyRetention
+	rcfg.CleanupInterval = f.cleanupInterval
 	rcfg.Logger = log.With("component", "registry")
 	if err := ccfg.Validate(); err != nil {
 		return err
@@ -193,11 +196,12 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return err
 	}
 
-	// Singleton duties (shutdown deadlines, the history of ended sessions) run on the
-	// node that wins the election; another takes over when it dies.
+	// Singleton duties (shutdown deadlines, the history of ended sessions, clean-up) run
+	// on the node that wins the election; another takes over when it dies.
 	duties, err := ha.New(ha.Config{Client: node.Client(), Node: f.name, Logger: log.With("component", "ha")},
 		ha.Duty{Name: "shutdown-deadlines", Run: reg.EnforceShutdowns},
-		ha.Duty{Name: "history", Run: reg.RecordHistory})
+		ha.Duty{Name: "history", Run: reg.RecordHistory},
+		ha.Duty{Name: "cleanup", Run: reg.RunCleanup})
 	if err != nil {
 		return err
 	}

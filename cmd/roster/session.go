@@ -37,8 +37,15 @@ Without --hold the session expires after its TTL unless something heartbeats it
 (roster session heartbeat ID --session-token TOKEN). With --hold roster keeps it
 alive, heartbeating every third of the TTL, until SIGINT or SIGTERM, then logs it
 out and exits 0. If the session ends otherwise, roster prints why on stderr and
-exits 3 when it was killed, expired or shut down (0 when it was logged out
-elsewhere).
+exits 3 when it was killed, expired, shut down or ended by clean-up (0 when it was
+logged out elsewhere).
+
+--service S gives the session a direct connection of service S (with the session's
+host, pid and os): one client, one session, created and ended with it. --connection ID
+(repeatable) names shared connections registered by an application server; the
+token must be the one that registered them (or an admin token). The user must have
+each connection's service in the user master (roster user set --service), or the
+open is refused with service_not_allowed.
 
 A held session follows its event stream. When an operator asks it to log off
 (roster shutdown request, roster pool drain), roster prints the message and a
@@ -75,17 +82,22 @@ with how, by whom and when while its tombstone lasts (15 minutes by default).`,
 		{
 			path: "session heartbeat", args: "ID", nargs: 1, summary: "renew a session's lease once",
 			help: `Renew session ID's lease once. The token is the session's own (--session-token),
-the client token that opened it, or an admin token.`,
+the client token that opened it, or an admin token. With --active the heartbeat says
+that the session's user did something: idle clean-up counts from the last such
+heartbeat (see roster policy set).`,
 			setup: func(fs *pflag.FlagSet) action {
 				tok := fs.String("session-token", "", "authorize with the session's token `rs1.…` instead of the global token")
-				return func(ctx context.Context, inv *invocation) error { return runHeartbeat(ctx, inv, *tok) }
+				active := fs.Bool("active", false, "the session's user did something since the last heartbeat")
+				return func(ctx context.Context, inv *invocation) error { return runHeartbeat(ctx, inv, *tok, *active) }
 			},
 		},
 		{
 			path: "session close", args: "ID", nargs: 1, summary: "log a session out",
 			help: `Log session ID out: its keys are deleted and its licence seat is freed at once.
 The token is the session's own (--session-token), the client token that opened it,
-or an admin token.`,
+or an admin token. If the session works through a shared connection that has died and
+whose service timeout is still running, the logout goes ahead and a warning on stderr
+says so (clean-up would have left the session alone until the timeout ran out).`,
 			setup: func(fs *pflag.FlagSet) action {
 				tok := fs.String("session-token", "", "authorize with the session's token `rs1.…` instead of the global token")
 				return func(ctx context.Context, inv *invocation) error { return runClose(ctx, inv, *tok) }
@@ -96,7 +108,10 @@ or an admin token.`,
 			help: `Cut session ID, e.g. one left hanging by a crashed PC. Its holder learns the
 reason at its next heartbeat. Allowed to admin and operator tokens, to a session
 token of the same user (cutting one's own hung session from another module), and
-to a session token of a user with the interrupt-sessions right, within its tenant.`,
+to a session token of a user with the interrupt-sessions right, within its tenant.
+Like session close, it warns when the session's dead shared connection's service
+timeout is still running. A session on a live direct connection is never ended by
+clean-up: a kill is how to end it.`,
 			setup: func(fs *pflag.FlagSet) action {
 				reason := fs.String("reason", "", fmt.Sprintf("why, shown to the session's holder (at most %d bytes)", registry.MaxReasonBytes))
 				return func(ctx context.Context, inv *invocation) error { return runKill(ctx, inv, *reason) }
@@ -112,6 +127,8 @@ type openFlags struct {
 	pid                   int64
 	ttl                   time.Duration
 	labels                []string
+	service               string
+	connections           []string
 	hold, closeOnShutdown bool
 	fs                    *pflag.FlagSet
 }
@@ -128,6 +145,8 @@ func (o *openFlags) define(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pool, "pool", "", "pool (server default: the node's --pool)")
 	fs.DurationVar(&o.ttl, "ttl", 0, "session TTL in whole seconds, e.g. 30s or 2m (server default: its --default-ttl)")
 	fs.StringArrayVar(&o.labels, "label", nil, "label `KEY=VALUE` (repeatable)")
+	fs.StringVar(&o.service, "service", "", "give the session a direct connection of `SERVICE`")
+	fs.StringArrayVar(&o.connections, "connection", nil, "work through the shared connection `ID` (repeatable)")
 	fs.BoolVar(&o.hold, "hold", false, "keep the session alive until SIGINT/SIGTERM, then log out")
 	fs.BoolVar(&o.closeOnShutdown, "close-on-shutdown", false, "with --hold: log out at once when asked to by a shutdown request")
 	o.fs = fs
@@ -166,6 +185,18 @@ func (o *openFlags) request() (registry.OpenRequest, error) {
 	if req.Labels, err = parseLabels(o.labels); err != nil {
 		return req, err
 	}
+	if o.service != "" || (o.fs != nil && o.fs.Changed("service")) {
+		if o.service == "" || strings.Contains(o.service, "/") {
+			return req, usagef(path, "--service %q: want a service name without '/'", o.service)
+		}
+		req.Connection = &registry.DirectConnection{Service: o.service}
+	}
+	for _, id := range o.connections {
+		if err := registry.CheckConnectionID("--connection", id); err != nil {
+			return req, usagef(path, "%s", err)
+		}
+	}
+	req.Connections = o.connections
 	return req, nil
 }
 
@@ -419,11 +450,12 @@ func endsSession(err error) bool {
 }
 
 // reportEnd prints how a held session ended and returns the error that
-// gives the exit status: 3 for killed, expired or shut down, 0 for logged out
-// elsewhere.
+// gives the exit status: 3 for killed, expired, shut down or ended by
+// clean-up, 0 for logged out elsewhere.
 func reportEnd(stderr *lockedWriter, err error) error {
 	switch {
-	case errors.Is(err, client.ErrKilled), errors.Is(err, client.ErrExpired), errors.Is(err, client.ErrShutdown):
+	case errors.Is(err, client.ErrKilled), errors.Is(err, client.ErrExpired), errors.Is(err, client.ErrShutdown),
+		errors.Is(err, client.ErrIdle), errors.Is(err, client.ErrCleanup):
 		fmt.Fprintln(stderr, err.Error())
 		return &exitCodeError{code: exitEnded}
 	case errors.Is(err, client.ErrClosed):
@@ -448,6 +480,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 // listFlags are the flags of session list.
 type listFlags struct {
 	tenant, user, module, pool, site, node, kind, cursor string
+	connection                                           string
 	limit                                                int
 	all                                                  bool
 }
@@ -460,6 +493,7 @@ func (l *listFlags) define(fs *pflag.FlagSet) {
 	fs.StringVar(&l.site, "site", "", "only sessions opened at this site")
 	fs.StringVar(&l.node, "node", "", "only sessions opened on this node")
 	fs.StringVar(&l.kind, "kind", "", "only sessions of this client kind: ui, background or appserver")
+	fs.StringVar(&l.connection, "connection", "", "only sessions that work through the connection `ID`")
 	fs.IntVar(&l.limit, "limit", 0, "sessions per page, 1-1000 (server default: 100)")
 	fs.StringVar(&l.cursor, "cursor", "", "start at this cursor (next_cursor of the previous page)")
 	fs.BoolVar(&l.all, "all", false, "follow next_cursor to the last page")
@@ -469,10 +503,15 @@ func (l *listFlags) define(fs *pflag.FlagSet) {
 func (l *listFlags) filter() (registry.ListFilter, error) {
 	f := registry.ListFilter{
 		Tenant: l.tenant, User: l.user, Module: l.module, Pool: l.pool, Site: l.site, Node: l.node,
-		ClientKind: registry.ClientKind(l.kind), Limit: l.limit, Cursor: l.cursor,
+		ClientKind: registry.ClientKind(l.kind), Limit: l.limit, Cursor: l.cursor, Connection: l.connection,
 	}
 	if err := checkKind("session list", "--kind", l.kind); err != nil {
 		return f, err
+	}
+	if l.connection != "" {
+		if err := registry.CheckConnectionID("--connection", l.connection); err != nil {
+			return f, usagef("session list", "%s", err)
+		}
 	}
 	if l.limit < 0 || l.limit > 1000 {
 		return f, usagef("session list", "--limit %d: must be between 1 and 1000", l.limit)
@@ -583,13 +622,17 @@ func runSessionGet(ctx context.Context, inv *invocation) error {
 	return show(inv, data, err, func(s registry.Session) { renderSession(inv.stdout, s, "") })
 }
 
-func runHeartbeat(ctx context.Context, inv *invocation, token string) error {
+func runHeartbeat(ctx context.Context, inv *invocation, token string, active bool) error {
 	p, err := sessionPath(inv.cmd.path, inv.args[0], "/heartbeat")
 	if err != nil {
 		return err
 	}
 	inv.sessionToken = token
-	data, err := inv.do(ctx, http.MethodPost, p, nil, nil)
+	var body any
+	if active {
+		body = registry.HeartbeatRequest{Active: true}
+	}
+	data, err := inv.do(ctx, http.MethodPost, p, nil, body)
 	return show(inv, data, err, func(res registry.HeartbeatResult) {
 		fmt.Fprintf(inv.stdout, "session %s renewed: expires in %s (ttl %s)\n",
 			res.ID, formatSeconds(res.ExpiresInSeconds), formatSeconds(res.TTLSeconds))
@@ -619,9 +662,14 @@ func runKill(ctx context.Context, inv *invocation, reason string) error {
 	return inv.printEnded(inv.do(ctx, http.MethodPost, p, nil, body))
 }
 
-// printEnded prints the answer of a close or kill.
+// printEnded prints the answer of a close or kill, and its warning on stderr.
 func (inv *invocation) printEnded(data []byte, err error) error {
-	return show(inv, data, err, func(e registry.Ended) { fmt.Fprintln(inv.stdout, describeEnded(e)) })
+	return show(inv, data, err, func(e registry.Ended) {
+		fmt.Fprintln(inv.stdout, describeEnded(e))
+		if e.Warning != "" {
+			fmt.Fprintf(inv.stderr, "roster: warning: %s\n", e.Warning)
+		}
+	})
 }
 
 // describeEnded says how a session ended in one line.

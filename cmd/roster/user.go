@@ -22,22 +22,27 @@ tenant "default", the one sessions open in when they name none.`
 func userCommands() []*command {
 	return []*command{
 		{
-			path: "user set", args: "TENANT/USER", nargs: 1, summary: "set a user's rights",
-			help: `Set the rights of a user in the user master, replacing the rights it had.
-Without --right the user keeps an entry with no rights. Needs an admin token.
+			path: "user set", args: "TENANT/USER", nargs: 1, summary: "set a user's rights and services",
+			help: `Set the rights and services of a user in the user master, replacing the rights
+and services it had. Without --right the user keeps an entry with no rights, without
+--service one with no services. Needs an admin token.
 
 Rights:
   multi-login         may hold more than one session per module
   interrupt-sessions  may kill other users' sessions in the same tenant
 
+Services are the connection services the user may use: a session over a connection
+(direct or shared) whose service is not among them is refused with service_not_allowed.
+
 ` + userRefHelp,
 			setup: func(fs *pflag.FlagSet) action {
 				rights := fs.StringSlice("right", nil, "`RIGHT` to grant: multi-login or interrupt-sessions (repeatable, or comma-separated)")
-				return func(ctx context.Context, inv *invocation) error { return runUserSet(ctx, inv, *rights) }
+				services := fs.StringSlice("service", nil, "connection `SERVICE` the user may use (repeatable, or comma-separated)")
+				return func(ctx context.Context, inv *invocation) error { return runUserSet(ctx, inv, *rights, *services) }
 			},
 		},
 		{
-			path: "user get", args: "TENANT/USER", nargs: 1, summary: "show a user's rights",
+			path: "user get", args: "TENANT/USER", nargs: 1, summary: "show a user's rights and services",
 			help: "Show a user's entry in the user master. A user who is not in it has no rights\n" +
 				"and the answer is not_found. Needs an admin or operator token.\n\n" + userRefHelp,
 			setup: func(fs *pflag.FlagSet) action { return runUserGet },
@@ -93,7 +98,7 @@ func parseRights(values []string) ([]registry.Right, error) {
 	return rights, nil
 }
 
-func runUserSet(ctx context.Context, inv *invocation, values []string) error {
+func runUserSet(ctx context.Context, inv *invocation, values, serviceValues []string) error {
 	p, err := userPath(inv.cmd.path, inv.args[0])
 	if err != nil {
 		return err
@@ -102,7 +107,26 @@ func runUserSet(ctx context.Context, inv *invocation, values []string) error {
 	if err != nil {
 		return err
 	}
-	return inv.printUser(inv.do(ctx, http.MethodPut, p, nil, registry.UserSpec{Rights: rights}))
+	services, err := parseServices(serviceValues)
+	if err != nil {
+		return err
+	}
+	return inv.printUser(inv.do(ctx, http.MethodPut, p, nil, registry.UserSpec{Rights: rights, Services: services}))
+}
+
+// parseServices checks --service values and removes duplicates, keeping order.
+func parseServices(values []string) ([]string, error) {
+	services := []string{}
+	for _, v := range values {
+		s := strings.TrimSpace(v)
+		if s == "" || strings.Contains(s, "/") {
+			return nil, usagef("user set", "--service %q: want a service name without '/'", v)
+		}
+		if !slices.Contains(services, s) {
+			services = append(services, s)
+		}
+	}
+	return services, nil
 }
 
 func runUserGet(ctx context.Context, inv *invocation) error {

@@ -106,6 +106,16 @@ func (s *server) routes() []Route {
 		{"PUT /v1/licenses/{tenant}/{module}", s.authed(s.putLicense)},
 		{"DELETE /v1/licenses/{tenant}/{module}", s.authed(s.deleteLicense)},
 		{"GET /v1/history", s.authed(s.history)},
+		{"GET /v1/connections", s.authed(s.listConnections)},
+		{"POST /v1/connections", s.authed(s.registerConnection)},
+		{"GET /v1/connections/{id}", s.authed(s.getConnection)},
+		{"DELETE /v1/connections/{id}", s.authed(s.deleteConnection)},
+		{"POST /v1/heartbeats", s.authed(s.batchHeartbeat)},
+		{"GET /v1/policies", s.authed(s.listPolicies)},
+		{"GET /v1/policies/{scope}/{name}", s.authed(s.getPolicy)},
+		{"PUT /v1/policies/{scope}/{name}", s.authed(s.putPolicy)},
+		{"DELETE /v1/policies/{scope}/{name}", s.authed(s.deletePolicy)},
+		{"POST /v1/cleanup", s.authed(s.cleanup)},
 		{"GET /v1/events", s.authed(s.events)},
 		{"GET /v1/cluster/members", s.authedLocal(s.listMembers)},
 		{"GET /v1/cluster/snapshot", s.authedLocal(s.snapshot)},
@@ -142,6 +152,11 @@ var errorTable = []struct {
 	{registry.ErrShutdownNotFound, http.StatusNotFound, "not_found"},
 	{registry.ErrShutdownFinished, http.StatusConflict, "already_finished"},
 	{registry.ErrTokenExists, http.StatusConflict, "already_exists"},
+	{registry.ErrServiceNotAllowed, http.StatusForbidden, "service_not_allowed"},
+	{registry.ErrConnectionGone, http.StatusConflict, "connection_gone"},
+	{registry.ErrConnectionNotFound, http.StatusNotFound, "not_found"},
+	{registry.ErrDirectConnection, http.StatusConflict, "direct_connection"},
+	{registry.ErrPolicyNotFound, http.StatusNotFound, "not_found"},
 	{registry.ErrSessionEnded, http.StatusGone, ""},
 	{registry.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }
@@ -162,7 +177,27 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // fail answers err with the status and code of its sentinel; anything else
 // is a 500, logged.
 func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	msg := strings.TrimPrefix(err.Error(), "registry: ")
+	if status, code, msg, ok := classify(err); ok {
+		if status >= 500 {
+			s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		}
+		writeError(w, status, code, msg)
+		return
+	}
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		// The client went away (gave up, or moved to another node): nothing failed here.
+		s.log.Debug("request abandoned by the client", "method", r.Method, "path", r.URL.Path)
+		return
+	}
+	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+	writeError(w, http.StatusInternalServerError, "internal", "internal error; the node's log has the details")
+}
+
+// classify finds err's sentinel in the error table and returns its status,
+// its code (an ended session's is its end reason) and the message to show;
+// ok is false for an error of no sentinel (a bug).
+func classify(err error) (status int, code, msg string, ok bool) {
+	msg = strings.TrimPrefix(err.Error(), "registry: ")
 	for _, e := range errorTable {
 		if !errors.Is(err, e.err) {
 			continue
@@ -174,19 +209,9 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		if errors.As(err, &ended) {
 			code = string(ended.Ended.Reason)
 		}
-		if e.status >= 500 {
-			s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
-		}
-		writeError(w, e.status, code, msg)
-		return
+		return e.status, code, msg, true
 	}
-	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-		// The client went away (gave up, or moved to another node): nothing failed here.
-		s.log.Debug("request abandoned by the client", "method", r.Method, "path", r.URL.Path)
-		return
-	}
-	s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
-	writeError(w, http.StatusInternalServerError, "internal", "internal error; the node's log has the details")
+	return http.StatusInternalServerError, "internal", "internal error; the node's log has the details", false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -327,7 +352,7 @@ func (s *server) openSession(w http.ResponseWriter, r *http.Request, p registry.
 }
 
 func (s *server) listSessions(w http.ResponseWriter, r *http.Request, p registry.Principal) {
-	q, err := query(r, "tenant", "user", "module", "pool", "site", "node", "client_kind", "limit", "cursor")
+	q, err := query(r, "tenant", "user", "module", "pool", "site", "node", "client_kind", "connection", "limit", "cursor")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -335,6 +360,7 @@ func (s *server) listSessions(w http.ResponseWriter, r *http.Request, p registry
 	f := registry.ListFilter{
 		Tenant: q.Get("tenant"), User: q.Get("user"), Module: q.Get("module"), Pool: q.Get("pool"),
 		Site: q.Get("site"), Node: q.Get("node"), ClientKind: registry.ClientKind(q.Get("client_kind")), Cursor: q.Get("cursor"),
+		Connection: q.Get("connection"),
 	}
 	if l := q.Get("limit"); l != "" {
 		if f.Limit, err = strconv.Atoi(l); err != nil || f.Limit < 1 {
@@ -360,11 +386,11 @@ func (s *server) getSession(w http.ResponseWriter, r *http.Request, p registry.P
 }
 
 func (s *server) heartbeat(w http.ResponseWriter, r *http.Request, p registry.Principal) {
-	var none struct{}
-	if !s.decode(w, r, &none, true) {
+	var req registry.HeartbeatRequest
+	if !s.decode(w, r, &req, true) {
 		return
 	}
-	res, err := s.reg.Heartbeat(r.Context(), p, r.PathValue("id"))
+	res, err := s.reg.HeartbeatWith(r.Context(), p, r.PathValue("id"), req)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -81,4 +82,70 @@ func BenchmarkHTTPHeartbeat(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "heartbeats/s")
+}
+
+// BenchmarkHTTPBatchHeartbeat: an application server keeps 10,000 sessions
+// alive over HTTP, in sessions renewed per second (sessions/s): batch is one
+// POST /v1/heartbeats with all of them (an op is one call); single is one
+// POST /v1/sessions/{id}/heartbeat per session with its own token from 64
+// concurrent clients (an op is one request).
+//
+//	go test -run '^$' -bench HTTPBatchHeartbeat -benchtime 3s -count 5 ./registry/api/
+func BenchmarkHTTPBatchHeartbeat(b *testing.B) {
+	ctx := b.Context()
+	admin := registry.AdminPrincipal("admin")
+	run := benchRun.Add(1)
+	user := fmt.Sprintf("batch-%d", run)
+	if _, err := reg.PutUser(ctx, admin, "default", user, registry.UserSpec{Rights: []registry.Right{registry.RightMultiLogin}, Services: []string{"web"}}); err != nil {
+		b.Fatal(err)
+	}
+	conn, err := reg.RegisterConnection(ctx, admin, registry.ConnectionRequest{Service: "web", TTLSeconds: 600})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sessions := make([]registry.OpenedSession, registry.MaxBatchSessions)
+	var seq atomic.Int64
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for i := seq.Add(1) - 1; i < int64(len(sessions)); i = seq.Add(1) - 1 {
+				s, err := reg.Open(ctx, admin, registry.OpenRequest{User: user, Module: "sales", TTLSeconds: 600, Connections: []string{conn.ID}})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				sessions[i] = s
+			}
+		})
+	}
+	wg.Wait()
+	if b.Failed() {
+		return
+	}
+	ids := make([]string, len(sessions))
+	for i, s := range sessions {
+		ids[i] = s.ID
+	}
+	body, _ := json.Marshal(registry.BatchHeartbeatRequest{Connection: conn.ID, Sessions: ids})
+	c := benchClient()
+	b.Run("batch", func(b *testing.B) {
+		for b.Loop() {
+			var res registry.BatchHeartbeatAnswer
+			if err := json.Unmarshal(post(b, c, "/v1/heartbeats", adminToken, body, http.StatusOK), &res); err != nil || res.Renewed != len(ids) {
+				b.Fatalf("%d renewed, %v", res.Renewed, err)
+			}
+		}
+		b.ReportMetric(float64(b.N*len(ids))/b.Elapsed().Seconds(), "sessions/s")
+	})
+	b.Run("single", func(b *testing.B) {
+		var seq atomic.Int64
+		b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				s := sessions[seq.Add(1)%int64(len(sessions))]
+				post(b, c, "/v1/sessions/"+s.ID+"/heartbeat", s.Token, nil, http.StatusOK)
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sessions/s")
+	})
 }

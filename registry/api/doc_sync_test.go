@@ -35,7 +35,7 @@ func TestDocsInSync(t *testing.T) {
 			t.Errorf("docs/api.md documents %q but the API does not serve it", d)
 		}
 	}
-	codes := []string{"invalid_json", "body_too_large", "internal", "killed", "expired", "closed"}
+	codes := []string{"invalid_json", "body_too_large", "internal", "killed", "expired", "closed", "shutdown", "idle", "cleanup"}
 	for _, e := range errorTable {
 		if e.code != "" {
 			codes = append(codes, e.code)

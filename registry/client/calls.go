@@ -62,20 +62,51 @@ func (c *Client) OpenSession(ctx context.Context, req registry.OpenRequest, opts
 // opened the session, or an admin token). A session that has ended answers
 // with an *EndedError while its tombstone lasts, then with ErrNotFound.
 func (c *Client) Heartbeat(ctx context.Context, id, token string) (registry.HeartbeatResult, error) {
-	return c.heartbeat(ctx, id, token, 0)
+	return c.heartbeat(ctx, id, token, false, 0)
 }
 
-func (c *Client) heartbeat(ctx context.Context, id, token string, attemptTimeout time.Duration) (registry.HeartbeatResult, error) {
+// HeartbeatWith is Heartbeat with a body: req.Active says that the session's
+// user did something since the last heartbeat (idle clean-up counts from the
+// last such heartbeat).
+func (c *Client) HeartbeatWith(ctx context.Context, id, token string, req registry.HeartbeatRequest) (registry.HeartbeatResult, error) {
+	return c.heartbeat(ctx, id, token, req.Active, 0)
+}
+
+func (c *Client) heartbeat(ctx context.Context, id, token string, active bool, attemptTimeout time.Duration) (registry.HeartbeatResult, error) {
 	var res registry.HeartbeatResult
 	p, err := sessionPath(id, "/heartbeat")
 	if err != nil {
 		return res, err
 	}
+	var body any // none unless active, as older servers expect
+	if active {
+		body = registry.HeartbeatRequest{Active: true}
+	}
 	err = c.callJSON(ctx, call{
-		method: http.MethodPost, path: p, token: c.pick(token),
+		method: http.MethodPost, path: p, token: c.pick(token), body: body,
 		idempotent: true, attemptTimeout: attemptTimeout,
 	}, &res)
 	return res, withID(id, err)
+}
+
+// RegisterConnection registers a shared connection (POST /v1/connections)
+// owned by the client's token, which must be a client or admin token. It is
+// not idempotent, so it moves to another endpoint only after a dial error.
+func (c *Client) RegisterConnection(ctx context.Context, req registry.ConnectionRequest) (registry.Connection, error) {
+	var res registry.Connection
+	err := c.callJSON(ctx, call{method: http.MethodPost, path: "/v1/connections", body: req, token: c.token}, &res)
+	return res, err
+}
+
+// HeartbeatBatch renews a shared connection and up to 10,000 sessions opened
+// through it in one call (POST /v1/heartbeats), with the client's token,
+// which must own the connection (or be an admin token). Each session's
+// result is in the answer; the call fails as a whole only when the
+// connection is not live (ErrConnectionGone) or the request is wrong.
+func (c *Client) HeartbeatBatch(ctx context.Context, req registry.BatchHeartbeatRequest) (registry.BatchHeartbeatAnswer, error) {
+	var res registry.BatchHeartbeatAnswer
+	err := c.callJSON(ctx, call{method: http.MethodPost, path: "/v1/heartbeats", body: req, token: c.token, idempotent: true}, &res)
+	return res, err
 }
 
 // CloseSession logs session id out: its keys are deleted and its lease
@@ -145,6 +176,7 @@ func ListQuery(f registry.ListFilter) (url.Values, error) {
 	for _, kv := range [][2]string{
 		{"tenant", f.Tenant}, {"user", f.User}, {"module", f.Module}, {"pool", f.Pool},
 		{"site", f.Site}, {"node", f.Node}, {"client_kind", string(f.ClientKind)}, {"cursor", f.Cursor},
+		{"connection", f.Connection},
 	} {
 		if kv[1] != "" {
 			q.Set(kv[0], kv[1])

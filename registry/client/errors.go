@@ -23,6 +23,12 @@ var (
 	// ErrShutdown means a shutdown request's deadline came while the session
 	// was still open, and it was terminated.
 	ErrShutdown = errors.New("client: session shut down")
+	// ErrIdle means clean-up ended the session because its user was idle
+	// past the idle timeout of its module's or tenant's policy.
+	ErrIdle = errors.New("client: session ended idle")
+	// ErrCleanup means clean-up ended the session: its shared connection died
+	// and the service timeout ran out, or it outlived its policy's max lifetime.
+	ErrCleanup = errors.New("client: session cleaned up")
 )
 
 // Sentinels for API answers that callers commonly branch on. An *APIError
@@ -49,6 +55,12 @@ var (
 	// ErrNoLicenseSeat means an open was refused because every seat of the
 	// module's licence is taken (code "no_license_seat").
 	ErrNoLicenseSeat = errors.New("client: no license seat")
+	// ErrServiceNotAllowed means an open was refused because the user may not
+	// use the service of one of its connections (code "service_not_allowed").
+	ErrServiceNotAllowed = errors.New("client: service not allowed")
+	// ErrConnectionGone means an open or a batch heartbeat named a shared
+	// connection that is not live (code "connection_gone").
+	ErrConnectionGone = errors.New("client: connection gone")
 )
 
 // codeSentinels maps the API's machine codes to the sentinels above; it is
@@ -66,6 +78,11 @@ var codeSentinels = map[string]error{
 	"pool_inactive":     ErrPoolInactive,
 	"maintenance":       ErrMaintenance,
 	"no_license_seat":   ErrNoLicenseSeat,
+	"idle":              ErrIdle,
+	"cleanup":           ErrCleanup,
+
+	"service_not_allowed": ErrServiceNotAllowed,
+	"connection_gone":     ErrConnectionGone,
 }
 
 // APIError is an error answer of the API: {"error":{"code":"…","message":"…"}}.
@@ -93,7 +110,7 @@ func (e *APIError) Is(target error) bool {
 // EndedError says that a session has ended and how. It is what a call on an
 // ended session returns (a 410 answer) and what Session.Err reports when the
 // session ends other than by its own Close. errors.Is matches it to
-// ErrKilled, ErrExpired or ErrClosed by its Reason; errors.As finds the
+// ErrKilled, ErrExpired, ErrClosed, ErrIdle or ErrCleanup by its Reason; errors.As finds the
 // *APIError behind it when it came from an answer.
 type EndedError struct {
 	// ID is the session's id, when known.
@@ -123,9 +140,14 @@ func (e *EndedError) Error() string {
 	if e.ID != "" {
 		s += " " + e.ID
 	}
-	if e.Reason == "shutdown" {
+	switch e.Reason {
+	case "shutdown":
 		s += " was shut down"
-	} else {
+	case registry.EndIdle:
+		s += " was ended by clean-up for being idle"
+	case registry.EndCleanup:
+		s += " was ended by clean-up"
+	default:
 		s += " was " + string(e.Reason)
 	}
 	if e.By != "" {
@@ -158,7 +180,7 @@ func (e *EndedError) Unwrap() error {
 // returns every other answer unchanged.
 func endedFromAPI(id string, e *APIError) error {
 	switch r := registry.EndReason(e.Code); r {
-	case registry.EndKilled, registry.EndExpired, registry.EndClosed:
+	case registry.EndKilled, registry.EndExpired, registry.EndClosed, registry.EndIdle, registry.EndCleanup:
 		return &EndedError{ID: id, Reason: r, Message: e.Message, apiErr: e}
 	}
 	return e

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/roster-dev/roster/registry"
@@ -58,6 +59,8 @@ type Session struct {
 
 	mu  sync.Mutex
 	err error // why the session ended; set once, before done is closed
+
+	active atomic.Bool // MarkActive was called since the last heartbeat
 
 	// The event stream, started by the first call of Events.
 	evMu     sync.Mutex
@@ -125,6 +128,12 @@ func (s *Session) Info() registry.Session {
 // Token returns the session's token ("rs1.…"), which authorizes heartbeats,
 // logout and killing the same user's other sessions.
 func (s *Session) Token() string { return s.token }
+
+// MarkActive records that the session's user did something: the next
+// heartbeat carries "active": true, which idle clean-up counts from. Call it
+// as often as convenient (on every user action); it costs nothing until the
+// heartbeat.
+func (s *Session) MarkActive() { s.active.Store(true) }
 
 // Done returns a channel that is closed when the session has ended: by
 // Close, or because the heartbeats learned that it ended (Err says why).
@@ -229,10 +238,11 @@ func (s *Session) run(ctx context.Context, deadline time.Time, wait, interval ti
 func (s *Session) beat(ctx context.Context, deadline time.Time, interval time.Duration) (registry.HeartbeatResult, time.Time, error) {
 	backoff := minRetryBackoff
 	attemptTimeout := max(interval/2, time.Second)
+	active := s.active.Swap(false)
 	for attempt := 1; ; attempt++ {
 		sent := time.Now()
 		actx, cancel := context.WithDeadline(ctx, deadline)
-		res, err := s.c.heartbeat(actx, s.info.ID, s.token, attemptTimeout)
+		res, err := s.c.heartbeat(actx, s.info.ID, s.token, active, attemptTimeout)
 		cancel()
 		if ctx.Err() != nil {
 			return res, deadline, ctx.Err()

@@ -1,0 +1,26 @@
+package registry
+
+import (
+	"context"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// HasIdlePolicy reports whether this node's copy of the policies gives
+// sessions of module in tenant an idle timeout (for tests).
+func (r *Registry) HasIdlePolicy(tenant, module string) bool {
+	r.actMu.Lock()
+	defer r.actMu.Unlock()
+	idle, _ := r.policies.effective(tenant, module)
+	return idle.d > 0
+}
+
+// ActivityRevision is the mod revision of a session's activity key, 0 when
+// none is recorded (for tests).
+func (r *Registry) ActivityRevision(ctx context.Context, id string) int64 {
+	resp, err := r.cli.Get(ctx, activityKey(id), clientv3.WithKeysOnly())
+	if err != nil || len(resp.Kvs) == 0 {
+		return 0
+	}
+	return resp.Kvs[0].ModRevision
+}
