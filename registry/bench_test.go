@@ -50,6 +50,29 @@ func BenchmarkOpen(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "opens/s")
 }
 
+// BenchmarkOpenWithSeat: BenchmarkOpen in a module with a licence of
+// MaxSeats seats: each open also takes a seat in its transaction.
+func BenchmarkOpenWithSeat(b *testing.B) {
+	r := newRegistry(b)
+	if _, err := r.SetLicense(context.Background(), admin, "default", "sales", registry.LicenseSpec{Seats: registry.MaxSeats}); err != nil {
+		b.Fatal(err)
+	}
+	var seq atomic.Int64
+	parallelism(b)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := seq.Add(1)
+			if _, err := r.Open(context.Background(), admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales", Host: "PC"}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "opens/s")
+}
+
 // BenchmarkRawGrantTxn: the raw etcd floor of an open, Grant + a Txn that
 // puts one key on the lease.
 func BenchmarkRawGrantTxn(b *testing.B) {

@@ -209,20 +209,33 @@ type seatPlan struct {
 }
 
 // seatReads are the reads planSeat needs, to be done in one transaction with
-// the open's other reads: the licence of rec's module and its seats.
+// the open's other reads: the licence of rec's module. An open does not read
+// the seats unless its first attempt conflicted.
 func seatReads(rec *record) []clientv3.Op {
-	return []clientv3.Op{clientv3.OpGet(licenseKey(rec.Tenant, rec.Module)), clientv3.OpGet(seatPrefix(rec.Tenant, rec.Module), clientv3.WithPrefix())}
+	return []clientv3.Op{clientv3.OpGet(licenseKey(rec.Tenant, rec.Module))}
 }
 
-// planSeat picks a free seat for rec from the reads of seatReads, the
-// responses licIdx and licIdx+1 of resp. A module
-// without licence needs none: the plan only checks that it still has none. With a
-// licence it compares that the licence did not change and that the picked seat is
-// free. Seats are numbered slots below the licence's seats, so opens that pick
-// different slots do not conflict. After the seats were lowered, slots at or above
-// the new number may still be held: then the count is what decides, and the
-// transaction compares that no seat was taken since the read.
-func planSeat(rec *record, resp *clientv3.TxnResponse, licIdx int) (seatPlan, error) {
+// seatElse is the read an open's failed transaction makes for the next
+// attempt: the seats held, keys only.
+func seatElse(rec *record) clientv3.Op {
+	return clientv3.OpGet(seatPrefix(rec.Tenant, rec.Module), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+}
+
+// planSeat picks a seat for rec, with the licence read by seatReads as
+// response licIdx of resp. A module without licence needs none: the plan
+// only checks that it still has none. With a licence it compares that the
+// licence did not change and that the picked seat is free.
+//
+// Seats are numbered slots below the licence's seats, so opens that pick
+// different slots do not conflict, and the slots' uniqueness keeps the count
+// within the seats. A first attempt picks a slot at random without reading
+// which are held (held is nil); an attempt after a conflict picks among the
+// free slots that its failed transaction read at revision heldRev (held),
+// or refuses the open when they are all taken. Every attempt also compares
+// that no slot at or above the seats is held. After the seats were lowered
+// such slots may still be held: then the count decides, and the transaction
+// compares that no seat was taken since heldRev.
+func (r *Registry) planSeat(ctx context.Context, rec *record, resp *clientv3.TxnResponse, licIdx int, held []*mvccpb.KeyValue, heldRev int64) (seatPlan, error) {
 	lk := licenseKey(rec.Tenant, rec.Module)
 	pfx := seatPrefix(rec.Tenant, rec.Module)
 	lic := resp.Responses[licIdx].GetResponseRange().Kvs
@@ -233,28 +246,29 @@ func planSeat(rec *record, resp *clientv3.TxnResponse, licIdx int) (seatPlan, er
 	if err := json.Unmarshal(lic[0].Value, &st); err != nil {
 		return seatPlan{}, fmt.Errorf("registry: decode licence %s: %w", lk, err)
 	}
-	seats := resp.Responses[licIdx+1].GetResponseRange().Kvs
-	held := make(map[int]bool, len(seats))
-	retired := false
-	for _, kv := range seats {
-		n, err := strconv.Atoi(strings.TrimPrefix(string(kv.Key), pfx))
-		if err != nil {
-			continue
+	if st.Seats == 0 {
+		return seatPlan{}, r.noSeat(ctx, rec, 0, 0)
+	}
+	slot, retired := rand.IntN(st.Seats), false
+	if held != nil {
+		if len(held) >= st.Seats {
+			return seatPlan{}, r.noSeat(ctx, rec, st.Seats, len(held))
 		}
-		held[n] = true
-		retired = retired || n >= st.Seats
-	}
-	if len(seats) >= st.Seats {
-		return seatPlan{}, noSeat(rec, st.Seats, seats)
-	}
-	// A random free slot: concurrent opens rarely pick the same one.
-	free := make([]int, 0, st.Seats-len(held))
-	for n := range st.Seats {
-		if !held[n] {
-			free = append(free, n)
+		taken := make(map[int]bool, len(held))
+		for _, kv := range held {
+			if n, err := strconv.Atoi(strings.TrimPrefix(string(kv.Key), pfx)); err == nil {
+				taken[n] = true
+				retired = retired || n >= st.Seats
+			}
 		}
+		free := make([]int, 0, max(st.Seats-len(taken), 0))
+		for n := range st.Seats {
+			if !taken[n] {
+				free = append(free, n)
+			}
+		}
+		slot = free[rand.IntN(len(free))]
 	}
-	slot := free[rand.IntN(len(free))]
 	h, _ := json.Marshal(SeatHolder{Session: rec.ID, User: rec.User, Host: rec.Host, Since: rec.StartedAt})
 	key := seatKey(rec.Tenant, rec.Module, slot)
 	plan := seatPlan{
@@ -266,18 +280,26 @@ func planSeat(rec *record, resp *clientv3.TxnResponse, licIdx int) (seatPlan, er
 		put: clientv3.OpPut(key, string(h), clientv3.WithLease(clientv3.LeaseID(rec.LeaseID))),
 	}
 	if retired {
-		plan.cmps = append(plan.cmps, clientv3.Compare(clientv3.ModRevision(pfx), "<", resp.Header.Revision+1).WithPrefix())
+		plan.cmps = append(plan.cmps, clientv3.Compare(clientv3.ModRevision(pfx), "<", heldRev+1).WithPrefix())
+	} else {
+		above := seatKey(rec.Tenant, rec.Module, st.Seats)
+		plan.cmps = append(plan.cmps, clientv3.Compare(clientv3.CreateRevision(above), "=", 0).WithRange(clientv3.GetPrefixRangeEnd(pfx)))
 	}
 	return plan, nil
 }
 
-// noSeat builds the refusal of an open in a module whose seats are all held.
-func noSeat(rec *record, seats int, held []*mvccpb.KeyValue) error {
-	e := &NoSeatError{Tenant: rec.Tenant, Module: rec.Module, Seats: seats, InUse: len(held)}
-	for _, kv := range held[:min(len(held), 5)] {
-		var h SeatHolder
-		if json.Unmarshal(kv.Value, &h) == nil {
-			e.Holders = append(e.Holders, h)
+// noSeat builds the refusal of an open in a module whose seats are all
+// held, naming the first few holders.
+func (r *Registry) noSeat(ctx context.Context, rec *record, seats, inUse int) error {
+	e := &NoSeatError{Tenant: rec.Tenant, Module: rec.Module, Seats: seats, InUse: inUse}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	if resp, err := r.cli.Get(cctx, seatPrefix(rec.Tenant, rec.Module), clientv3.WithPrefix(), clientv3.WithLimit(5)); err == nil {
+		for _, kv := range resp.Kvs {
+			var h SeatHolder
+			if json.Unmarshal(kv.Value, &h) == nil {
+				e.Holders = append(e.Holders, h)
+			}
 		}
 	}
 	return e

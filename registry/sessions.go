@@ -193,17 +193,20 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 	// by a concurrent open is no such race: it picks another seat. The
 	// shared connections named are read with them and compared unchanged,
 	// so none can die between the check and the write.
+	var seatsHeld []*mvccpb.KeyValue // read by a failed attempt at seatsRev, for the next
+	var seatsRev int64
 	for attempt := 0; attempt < 5; {
+		// Responses: 0 the user, 1 the licence, 2… the shared connections.
 		user, userRev, reads, err := r.readUser(ctx, rec.Tenant, rec.User, append(seatReads(&rec), connReads(&req)...)...)
 		if err != nil {
 			return OpenedSession{}, err
 		}
-		conns, err := r.planConnections(ctx, p, &rec, &req, user, reads, 3, directID)
+		conns, err := r.planConnections(ctx, p, &rec, &req, user, reads, 2, directID)
 		if err != nil {
 			return OpenedSession{}, err
 		}
 		rec.Connections = conns.refs
-		seat, err := planSeat(&rec, reads, 1)
+		seat, err := r.planSeat(ctx, &rec, reads, 1, seatsHeld, seatsRev)
 		if err != nil {
 			return OpenedSession{}, err
 		}
@@ -233,6 +236,9 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			clientv3.OpGet(poolKey(rec.Pool)), clientv3.OpGet(maintKey(rec.Tenant))}
 		for _, c := range req.Connections {
 			elses = append(elses, clientv3.OpGet(connKey(c), clientv3.WithKeysOnly()))
+		}
+		if seat.key != "" {
+			elses = append(elses, seatElse(&rec)) // the last: see below
 		}
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
 		if err != nil {
@@ -273,7 +279,14 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			return OpenedSession{}, err
 		}
 		// Only the licence or its seats can have changed: plan the seat again
-		// (bounded by ctx), after a pause that spreads the contenders.
+		// from the seats held now (bounded by ctx), after a pause that
+		// spreads the contenders.
+		if seat.key != "" {
+			seatsHeld, seatsRev = resp.Responses[len(resp.Responses)-1].GetResponseRange().Kvs, resp.Header.Revision
+			if seatsHeld == nil {
+				seatsHeld = []*mvccpb.KeyValue{}
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return OpenedSession{}, translate("open session", ctx.Err())
