@@ -263,13 +263,20 @@ type storedShutdown struct {
 
 // readShutdowns reads every shutdown request, newest first.
 func (r *Registry) readShutdowns(ctx context.Context) ([]storedShutdown, error) {
+	all, _, err := r.readShutdownsAt(ctx)
+	return all, err
+}
+
+// readShutdownsAt is readShutdowns that also returns the revision of the read.
+func (r *Registry) readShutdownsAt(ctx context.Context) ([]storedShutdown, int64, error) {
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	resp, err := r.cli.Get(cctx, shutdownsPrefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, translate("read shutdown requests", err)
+		return nil, 0, translate("read shutdown requests", err)
 	}
-	return decodeShutdowns(resp.Kvs)
+	all, err := decodeShutdowns(resp.Kvs)
+	return all, resp.Header.Revision, err
 }
 
 // decodeShutdowns decodes the shutdown requests read from etcd, newest first.
@@ -633,7 +640,7 @@ func (r *Registry) pendingFor(rec *record) *ShutdownNotice {
 // and backstopShutdowns read, until ctx ends.
 func (r *Registry) watchShutdowns(ctx context.Context) {
 	for ctx.Err() == nil {
-		all, err := r.readShutdowns(ctx)
+		all, rev, err := r.readShutdownsAt(ctx)
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -643,8 +650,9 @@ func (r *Registry) watchShutdowns(ctx context.Context) {
 			continue
 		}
 		r.setPending(all)
-		// Watch from after the read; on any watch error, read again.
-		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		// Watch from just after the read, so a change made meanwhile is not
+		// missed; on any watch error (a compaction too), read again.
+		wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev+1))
 		for range wch {
 			if all, err := r.readShutdowns(ctx); err == nil {
 				r.setPending(all)
