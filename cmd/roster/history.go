@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -100,13 +98,6 @@ func parseWhen(flag, v string, now time.Time) (time.Time, error) {
 	return time.Time{}, usagef("history", "%s %q: give an RFC 3339 time (2026-11-21T10:00:00Z), a date (2026-11-21) or a duration ago (90m, 24h)", flag, v)
 }
 
-// rawHistoryPage is a page of the history with each record kept as the API
-// sent it.
-type rawHistoryPage struct {
-	History    []json.RawMessage `json:"history"`
-	NextCursor string            `json:"next_cursor"`
-}
-
 func (h *historyFlags) run(ctx context.Context, inv *invocation) error {
 	f, err := h.filter(time.Now())
 	if err != nil {
@@ -135,46 +126,20 @@ func (h *historyFlags) run(ctx context.Context, inv *invocation) error {
 		}
 		return nil
 	}
-	all := rawHistoryPage{History: []json.RawMessage{}}
-	seen := map[string]bool{}
-	for {
-		data, err := inv.history(ctx, f)
-		if err != nil {
-			return err
-		}
-		var page rawHistoryPage
-		if err := decodeAnswer(data, &page); err != nil {
-			return err
-		}
-		all.History = append(all.History, page.History...)
-		if page.NextCursor == "" {
-			break
-		}
-		if seen[page.NextCursor] {
-			return fmt.Errorf("the server returned next_cursor %q twice; stopping", page.NextCursor)
-		}
-		seen[page.NextCursor] = true
-		f.Cursor = page.NextCursor
+	items, _, err := allPages(ctx, "history", func(ctx context.Context, cursor string) ([]byte, error) {
+		f.Cursor = cursor
+		return inv.history(ctx, f)
+	})
+	if err != nil {
+		return err
 	}
 	if inv.g.json() {
-		// Built by hand: json.Marshal would re-format the records.
-		var b bytes.Buffer
-		b.WriteString(`{"history":[`)
-		for i, raw := range all.History {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.Write(raw)
-		}
-		b.WriteString(`],"next_cursor":""}`)
-		inv.printJSON(b.Bytes())
+		inv.printJSON(joinedPage("history", items, ""))
 		return nil
 	}
-	records := make([]registry.HistoryRecord, len(all.History))
-	for i, raw := range all.History {
-		if err := decodeAnswer(raw, &records[i]); err != nil {
-			return err
-		}
+	records, err := decodeItems[registry.HistoryRecord](items)
+	if err != nil {
+		return err
 	}
 	renderHistory(inv.stdout, records)
 	return nil

@@ -519,13 +519,6 @@ func (l *listFlags) filter() (registry.ListFilter, error) {
 	return f, nil
 }
 
-// rawPage is a page of a listing with each session kept as the API sent it.
-type rawPage struct {
-	Sessions   []json.RawMessage `json:"sessions"`
-	Total      int               `json:"total"`
-	NextCursor string            `json:"next_cursor"`
-}
-
 func (l *listFlags) run(ctx context.Context, inv *invocation) error {
 	f, err := l.filter()
 	if err != nil {
@@ -551,47 +544,24 @@ func (l *listFlags) run(ctx context.Context, inv *invocation) error {
 		}
 		return nil
 	}
-	all := rawPage{Sessions: []json.RawMessage{}}
-	seen := map[string]bool{}
-	for {
-		data, err := inv.list(ctx, f)
-		if err != nil {
-			return err
-		}
-		var page rawPage
-		if err := decodeAnswer(data, &page); err != nil {
-			return err
-		}
-		all.Sessions = append(all.Sessions, page.Sessions...)
-		all.Total = page.Total
-		if page.NextCursor == "" {
-			break
-		}
-		if seen[page.NextCursor] {
-			return fmt.Errorf("the server returned next_cursor %q twice; stopping", page.NextCursor)
-		}
-		seen[page.NextCursor] = true
-		f.Cursor = page.NextCursor
+	items, last, err := allPages(ctx, "sessions", func(ctx context.Context, cursor string) ([]byte, error) {
+		f.Cursor = cursor
+		return inv.list(ctx, f)
+	})
+	if err != nil {
+		return err
 	}
 	if inv.g.json() {
-		// Built by hand: json.Marshal would re-format the sessions.
-		var b bytes.Buffer
-		b.WriteString(`{"sessions":[`)
-		for i, raw := range all.Sessions {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.Write(raw)
+		total := last["total"]
+		if total == nil {
+			total = json.RawMessage("0")
 		}
-		fmt.Fprintf(&b, `],"total":%d,"next_cursor":""}`, all.Total)
-		inv.printJSON(b.Bytes())
+		inv.printJSON(joinedPage("sessions", items, `"total":`+string(total)))
 		return nil
 	}
-	sessions := make([]registry.Session, len(all.Sessions))
-	for i, raw := range all.Sessions {
-		if err := decodeAnswer(raw, &sessions[i]); err != nil {
-			return err
-		}
+	sessions, err := decodeItems[registry.Session](items)
+	if err != nil {
+		return err
 	}
 	renderSessions(inv.stdout, sessions)
 	return nil
