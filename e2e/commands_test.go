@@ -15,16 +15,7 @@ import (
 // killed from the CLI, and a shutdown request, each appear once, in order; SIGINT
 // ends it with status 0.
 func TestEventsCommand(t *testing.T) {
-	dir := t.TempDir()
-	node, err := e2e.NewNode(bin, "n1", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Kill)
-	env := []string{"ROSTER_ENDPOINTS=" + node.URL()}
+	_, dir, env := startSingle(t)
 	ctx := testContext(t, 2*time.Minute)
 	run := func(args ...string) e2e.Result {
 		t.Helper()

@@ -17,16 +17,7 @@ import (
 // wantCode.
 func singleNode(t *testing.T) func(wantCode int, args ...string) e2e.Result {
 	t.Helper()
-	dir := t.TempDir()
-	node, err := e2e.NewNode(bin, "n1", dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := node.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Kill)
-	env := []string{"ROSTER_ENDPOINTS=" + node.URL()}
+	_, dir, env := startSingle(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	run := func(wantCode int, args ...string) e2e.Result {
@@ -38,6 +29,23 @@ func singleNode(t *testing.T) func(wantCode int, args ...string) e2e.Result {
 		return res
 	}
 	return run
+}
+
+// startSingle starts one node for the test, killed when it ends; it returns the node,
+// its directory (which holds its admin.token) and the environment that points the CLI
+// at it.
+func startSingle(t *testing.T) (*e2e.Node, string, []string) {
+	t.Helper()
+	dir := t.TempDir()
+	node, err := e2e.NewNode(bin, "n1", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Kill)
+	return node, dir, []string{"ROSTER_ENDPOINTS=" + node.URL()}
 }
 
 // TestPoolCommands: deactivate a pool from the CLI, see a login into it refused with the
