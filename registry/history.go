@@ -179,39 +179,25 @@ func (r *Registry) History(ctx context.Context, p Principal, f HistoryFilter) (H
 	var rev int64
 	var last string // the last key read
 	scanned := 0
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(hi), clientv3.WithLimit(batch)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := r.cli.Get(cctx, lo, opts...)
+	for kv, err := range r.scan(cctx, lo, hi, batch, &rev) {
 		if err != nil {
 			return HistoryPage{}, translate("read history", err)
 		}
-		rev = resp.Header.Revision
-		for i, kv := range resp.Kvs {
-			if len(page.History) == f.Limit {
-				page.NextCursor = encodeHistoryCursor(last) // kv is one more
-				return page, nil
-			}
-			last = string(kv.Key)
-			scanned++
-			var h HistoryRecord
-			if err := json.Unmarshal(kv.Value, &h); err != nil {
-				r.log.Warn("undecodable history record; skipped", "key", last, "error", err)
-			} else if f.match(&h) {
-				page.History = append(page.History, h)
-			}
-			if scanned >= maxHistoryScan && (i < len(resp.Kvs)-1 || resp.More) {
-				page.NextCursor = encodeHistoryCursor(last)
-				return page, nil
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
+		// kv is one more: the page ends before it.
+		if len(page.History) == f.Limit || scanned >= maxHistoryScan {
+			page.NextCursor = encodeHistoryCursor(last)
 			return page, nil
 		}
-		lo = last + "\x00"
+		last = string(kv.Key)
+		scanned++
+		var h HistoryRecord
+		if err := json.Unmarshal(kv.Value, &h); err != nil {
+			r.log.Warn("undecodable history record; skipped", "key", last, "error", err)
+		} else if f.match(&h) {
+			page.History = append(page.History, h)
+		}
 	}
+	return page, nil
 }
 
 // historyRecord is the history record of the tombstone of session id,

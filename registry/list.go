@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"iter"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -202,36 +204,23 @@ func (r *Registry) List(ctx context.Context, p Principal, f ListFilter) (Session
 	} else {
 		// Every match counts towards total, so the whole range is read, a
 		// batch at a time, at one revision.
-		from := plan.prefix
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanBatch)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			resp, err := r.cli.Get(cctx, from, opts...)
+		for kv, err := range r.scan(cctx, plan.prefix, end, scanBatch, &rev) {
 			if err != nil {
 				return SessionPage{}, translate("list sessions", err)
 			}
-			rev = resp.Header.Revision
-			for _, kv := range resp.Kvs {
-				var a indexAttrs
-				if err := json.Unmarshal(kv.Value, &a); err != nil || !plan.post(a) {
-					continue
-				}
-				total++
-				if string(kv.Key) < start {
-					continue
-				}
-				if len(keys) < f.Limit {
-					keys = append(keys, string(kv.Key))
-				} else {
-					more = true
-				}
+			var a indexAttrs
+			if err := json.Unmarshal(kv.Value, &a); err != nil || !plan.post(a) {
+				continue
 			}
-			if !resp.More || len(resp.Kvs) == 0 {
-				break
+			total++
+			if string(kv.Key) < start {
+				continue
 			}
-			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+			if len(keys) < f.Limit {
+				keys = append(keys, string(kv.Key))
+			} else {
+				more = true
+			}
 		}
 	}
 
@@ -275,4 +264,34 @@ func (r *Registry) readSessions(ctx context.Context, keys []string, rev int64) (
 		keys = keys[n:]
 	}
 	return sessions, leases, nil
+}
+
+// scan yields the key-values of [from, end) in key order, read batch at a
+// time at one revision: *rev if it is not 0, else that of the first read,
+// which it stores in *rev. A failed read is yielded as the error, with no
+// key-value, and ends the scan.
+func (r *Registry) scan(ctx context.Context, from, end string, batch int64, rev *int64) iter.Seq2[*mvccpb.KeyValue, error] {
+	return func(yield func(*mvccpb.KeyValue, error) bool) {
+		for {
+			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(batch)}
+			if *rev != 0 {
+				opts = append(opts, clientv3.WithRev(*rev))
+			}
+			resp, err := r.cli.Get(ctx, from, opts...)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			*rev = resp.Header.Revision
+			for _, kv := range resp.Kvs {
+				if !yield(kv, nil) {
+					return
+				}
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				return
+			}
+			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}
 }
