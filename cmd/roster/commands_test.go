@@ -306,21 +306,31 @@ func TestCommandOutput(t *testing.T) {
 				env[k] = v
 			}
 			code, stdout, stderr := runCLI(t, env, tt.args...)
-			if code != tt.wantCode {
-				t.Fatalf("exit status %d, want %d; stderr:\n%s", code, tt.wantCode, stderr)
-			}
-			if !strings.Contains(stdout, tt.wantStdout) {
-				t.Errorf("stdout does not contain %q:\n%s", tt.wantStdout, stdout)
-			}
-			for _, want := range tt.wantStderr {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr does not contain %q:\n%s", want, stderr)
-				}
-			}
-			if tt.wantCall != "" && !slices.Contains(f.seen(), tt.wantCall) {
-				t.Errorf("the fake did not see %q; it saw %q", tt.wantCall, f.seen())
-			}
+			checkRun(t, code, stdout, stderr, f.seen(), tt.wantCode, []string{tt.wantStdout}, tt.wantStderr, tt.wantCall)
 		})
+	}
+}
+
+// checkRun checks a command's exit status, that its stdout and stderr contain
+// the wanted pieces, and that the fake API saw wantCall (unless empty) among
+// the requests seen.
+func checkRun(t *testing.T, code int, stdout, stderr string, seen []string, wantCode int, wantStdout, wantStderr []string, wantCall string) {
+	t.Helper()
+	if code != wantCode {
+		t.Fatalf("exit status %d, want %d; stderr:\n%s", code, wantCode, stderr)
+	}
+	for _, want := range wantStdout {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout does not contain %q:\n%s", want, stdout)
+		}
+	}
+	for _, want := range wantStderr {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not contain %q:\n%s", want, stderr)
+		}
+	}
+	if wantCall != "" && !slices.Contains(seen, wantCall) {
+		t.Errorf("the fake did not see %q; it saw %q", wantCall, seen)
 	}
 }
 

@@ -152,22 +152,7 @@ func TestConnectionCommands(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newConnFake(t)
 			code, stdout, stderr := runCLI(t, map[string]string{envEndpoints: f.URL, envToken: "rt1.admin"}, tt.args...)
-			if code != tt.wantCode {
-				t.Fatalf("exit status %d, want %d; stderr:\n%s", code, tt.wantCode, stderr)
-			}
-			for _, want := range tt.wantStdout {
-				if !strings.Contains(stdout, want) {
-					t.Errorf("stdout does not contain %q:\n%s", want, stdout)
-				}
-			}
-			for _, want := range tt.wantStderr {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr does not contain %q:\n%s", want, stderr)
-				}
-			}
-			if tt.wantCall != "" && !slices.Contains(f.seen(), tt.wantCall) {
-				t.Errorf("the fake did not see %q; it saw %q", tt.wantCall, f.seen())
-			}
+			checkRun(t, code, stdout, stderr, f.seen(), tt.wantCode, tt.wantStdout, tt.wantStderr, tt.wantCall)
 		})
 	}
 }

@@ -24,18 +24,12 @@ is refused with no_license_seat, naming the holders. Lowering N below the seats 
 nobody; new logins wait until use drops below N. Needs an admin token.`,
 			setup: func(fs *pflag.FlagSet) action {
 				seats := fs.Int("seats", -1, "number of seats, 0 to 100000 (required)")
-				tenant := fs.String("tenant", registry.DefaultTenant, "tenant")
-				return func(ctx context.Context, inv *invocation) error {
+				return onLicense(fs, http.MethodPut, func(inv *invocation) (any, error) {
 					if !fs.Changed("seats") {
-						return usagef(inv.cmd.path, "--seats is required")
+						return nil, usagef(inv.cmd.path, "--seats is required")
 					}
-					path, err := licensePath(inv, *tenant)
-					if err != nil {
-						return err
-					}
-					data, err := inv.do(ctx, http.MethodPut, path, nil, registry.LicenseSpec{Seats: *seats})
-					return show(inv, data, err, func(l registry.License) { renderLicenses(inv.stdout, []registry.License{l}, true) })
-				}
+					return registry.LicenseSpec{Seats: *seats}, nil
+				}, showLicense)
 			},
 		},
 		{
@@ -59,37 +53,44 @@ nobody; new logins wait until use drops below N. Needs an admin token.`,
 		},
 		{
 			path: "license get", args: "MODULE", nargs: 1, summary: "show a module's licence and every seat holder",
-			help: "Show MODULE's licence in a tenant with every seat holder. Needs an operator or admin token.",
-			setup: func(fs *pflag.FlagSet) action {
-				tenant := fs.String("tenant", registry.DefaultTenant, "tenant")
-				return func(ctx context.Context, inv *invocation) error {
-					path, err := licensePath(inv, *tenant)
-					if err != nil {
-						return err
-					}
-					data, err := inv.do(ctx, http.MethodGet, path, nil, nil)
-					return show(inv, data, err, func(l registry.License) { renderLicenses(inv.stdout, []registry.License{l}, true) })
-				}
-			},
+			help:  "Show MODULE's licence in a tenant with every seat holder. Needs an operator or admin token.",
+			setup: func(fs *pflag.FlagSet) action { return onLicense(fs, http.MethodGet, nil, showLicense) },
 		},
 		{
 			path: "license delete", args: "MODULE", nargs: 1, summary: "lift a module's licence limit",
 			help: "Delete MODULE's licence in a tenant: its logins are no longer counted. Needs an admin token.",
 			setup: func(fs *pflag.FlagSet) action {
-				tenant := fs.String("tenant", registry.DefaultTenant, "tenant")
-				return func(ctx context.Context, inv *invocation) error {
-					path, err := licensePath(inv, *tenant)
-					if err != nil {
-						return err
-					}
-					data, err := inv.do(ctx, http.MethodDelete, path, nil, nil)
-					return show(inv, data, err, func(struct{}) {
-						fmt.Fprintf(inv.stdout, "licence of module %s in tenant %s deleted\n", inv.args[0], *tenant)
-					})
-				}
+				return onLicense(fs, http.MethodDelete, nil, func(inv *invocation, tenant string, _ struct{}) {
+					fmt.Fprintf(inv.stdout, "licence of module %s in tenant %s deleted\n", inv.args[0], tenant)
+				})
 			},
 		},
 	}
+}
+
+// onLicense is the action of a command on the licence of the MODULE argument
+// in --tenant: it sends method with the body that body returns (none when
+// body is nil) and shows the answer with render.
+func onLicense[T any](fs *pflag.FlagSet, method string, body func(*invocation) (any, error), render func(inv *invocation, tenant string, answer T)) action {
+	tenant := fs.String("tenant", registry.DefaultTenant, "tenant")
+	return func(ctx context.Context, inv *invocation) error {
+		path, err := licensePath(inv, *tenant)
+		if err != nil {
+			return err
+		}
+		var b any
+		if body != nil {
+			if b, err = body(inv); err != nil {
+				return err
+			}
+		}
+		data, err := inv.do(ctx, method, path, nil, b)
+		return show(inv, data, err, func(answer T) { render(inv, *tenant, answer) })
+	}
+}
+
+func showLicense(inv *invocation, _ string, l registry.License) {
+	renderLicenses(inv.stdout, []registry.License{l}, true)
 }
 
 // licensePath is /v1/licenses/TENANT/MODULE for the command's MODULE argument.
