@@ -556,11 +556,17 @@ func (r *Registry) enforceDue(ctx context.Context, late time.Duration) (time.Tim
 
 // enforce terminates the sessions left in scope of the pending request s and marks it
 // done. If another node marked it done first, the sessions this one ended are added
-// to its count, so the count is exact however many nodes enforced it.
+// to its count, so the count is exact however many nodes enforced it. A node that
+// found sessions in scope but ended none (another node was ending them) leaves the
+// marking to that node, so the request does not show done with a count of 0 meanwhile;
+// if that node died, the next round finds the scope empty and marks it.
 func (r *Registry) enforce(ctx context.Context, s *storedShutdown) error {
-	n, err := r.terminateInScope(ctx, s)
+	n, found, err := r.terminateInScope(ctx, s)
 	if err != nil {
 		return err
+	}
+	if n == 0 && found > 0 {
+		return nil
 	}
 	_, err = r.finish(ctx, s.ID, func(cur *Shutdown) error {
 		switch {
@@ -580,13 +586,13 @@ func (r *Registry) enforce(ctx context.Context, s *storedShutdown) error {
 }
 
 // terminateInScope ends every open session in scope of s with reason shutdown, 16 at a
-// time, and returns how many it ended. Each end is conditional on the request being
+// time, and returns how many it ended and how many it found open. Each end is conditional on the request being
 // unchanged since it was read, so nothing is ended after the request was cancelled, and
 // once another node has marked it done this one stops.
-func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown) (int, error) {
+func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown) (int, int, error) {
 	ids, err := r.idsInScope(ctx, &s.Shutdown)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	unchanged := clientv3.Compare(clientv3.ModRevision(shutdownKey(s.ID)), "=", s.modRev)
 	var mu sync.Mutex
@@ -616,7 +622,7 @@ func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown) (int
 	if len(ids) > 0 {
 		r.log.Info("shutdown deadline reached", "id", s.ID, "target", s.target(), "terminated", ended, "late", time.Since(s.Deadline).Round(time.Millisecond))
 	}
-	return ended, errors.Join(errs...)
+	return ended, len(ids), errors.Join(errs...)
 }
 
 // pendingFor returns the notice of the first pending request (by deadline) that covers
