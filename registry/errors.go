@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -186,3 +187,60 @@ func (e *MaintenanceError) Error() string {
 
 // Is makes a MaintenanceError match ErrMaintenance.
 func (e *MaintenanceError) Is(target error) bool { return target == ErrMaintenance }
+
+// codes gives every sentinel its error code, the word the API answers in
+// "error.code" and the audit log keeps for a refused login.
+var errorCodes = []struct {
+	err  error
+	code string
+}{
+	{ErrInvalidArgument, "invalid_argument"},
+	{ErrUnauthenticated, "unauthenticated"},
+	{ErrPermissionDenied, "permission_denied"},
+	{ErrSessionNotFound, "not_found"},
+	{ErrUserNotFound, "not_found"},
+	{ErrTokenNotFound, "not_found"},
+	{ErrAlreadyLoggedIn, "already_logged_in"},
+	{ErrPoolInactive, "pool_inactive"},
+	{ErrMaintenance, "maintenance"},
+	{ErrNoLicenseSeat, "no_license_seat"},
+	{ErrLicenseNotFound, "not_found"},
+	{ErrShutdownNotFound, "not_found"},
+	{ErrShutdownFinished, "already_finished"},
+	{ErrTokenExists, "already_exists"},
+	{ErrServiceNotAllowed, "service_not_allowed"},
+	{ErrConnectionGone, "connection_gone"},
+	{ErrConnectionNotFound, "not_found"},
+	{ErrDirectConnection, "direct_connection"},
+	{ErrPolicyNotFound, "not_found"},
+	{ErrSessionEnded, ""},
+	{ErrUnavailable, "unavailable"},
+}
+
+// Code returns the error code of err's sentinel: an ended session's end
+// reason (killed, expired, closed, ...), or a word such as
+// already_logged_in or no_license_seat. ok is false for an error of no
+// sentinel.
+func Code(err error) (code string, sentinel error, ok bool) {
+	for _, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			var ended *EndedError
+			if errors.As(err, &ended) {
+				return string(ended.Ended.Reason), c.err, true
+			}
+			return c.code, c.err, true
+		}
+	}
+	return "", nil, false
+}
+
+// Codes lists the error codes Code can return, besides end reasons.
+func Codes() []string {
+	var out []string
+	for _, c := range errorCodes {
+		if c.code != "" && !slices.Contains(out, c.code) {
+			out = append(out, c.code)
+		}
+	}
+	return out
+}

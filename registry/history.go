@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,12 +24,6 @@ const (
 	// historyBatch is how many records one transaction writes: with the
 	// checkpoint's put, one below maxTxnOps.
 	historyBatch = maxTxnOps - 1
-	// maxHistoryScan bounds the records one page of History reads, so a
-	// filter that matches little cannot make one request read the whole
-	// history; the page then ends early with a cursor.
-	maxHistoryScan = 10 * scanBatch
-	// pruneBatch is how many records one delete of the pruning removes.
-	pruneBatch = scanBatch
 	// historyQueue is how many watch responses wait for the history duty
 	// before the watch waits for it.
 	historyQueue = 4096
@@ -107,35 +100,12 @@ func (f *HistoryFilter) check() error {
 	if f.Reason != "" && !reasonPattern.MatchString(string(f.Reason)) {
 		return invalid("reason", "%q is not an end reason; reasons are lower-case words such as closed, killed, expired or shutdown", truncate(string(f.Reason), 40))
 	}
-	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Until.After(f.Since) {
-		return invalid("until", "%s is not after since %s; give an until later than since", f.Until.UTC().Format(time.RFC3339), f.Since.UTC().Format(time.RFC3339))
-	}
-	switch {
-	case f.Limit == 0:
-		f.Limit = DefaultListLimit
-	case f.Limit < 0 || f.Limit > MaxListLimit:
-		return invalid("limit", "%d is out of range; use 1-%d (default %d)", f.Limit, MaxListLimit, DefaultListLimit)
-	}
-	return nil
+	return checkLogWindow(f.Since, f.Until, &f.Limit)
 }
 
 func (f *HistoryFilter) match(h *HistoryRecord) bool {
 	return (f.Tenant == "" || f.Tenant == h.Tenant) && (f.User == "" || f.User == h.User) &&
 		(f.Module == "" || f.Module == h.Module) && (f.Reason == "" || f.Reason == h.Reason)
-}
-
-var historyCursorPattern = regexp.MustCompile(`^[0-9]{13}/[0-9a-f]{32}$`)
-
-func encodeHistoryCursor(key string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(strings.TrimPrefix(key, historyPrefix)))
-}
-
-func decodeHistoryCursor(c string) (string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil || !historyCursorPattern.Match(raw) {
-		return "", invalid("cursor", "is malformed; pass the next_cursor of the previous page unchanged")
-	}
-	return historyPrefix + string(raw), nil
 }
 
 // History returns one page of the history of ended sessions that match f,
@@ -152,52 +122,13 @@ func (r *Registry) History(ctx context.Context, p Principal, f HistoryFilter) (H
 	if err := f.check(); err != nil {
 		return HistoryPage{}, err
 	}
-	lo, hi := historyPrefix, clientv3.GetPrefixRangeEnd(historyPrefix)
-	if !f.Until.IsZero() {
-		lo = historyBefore(f.Until.UnixMilli())
+	q := logQuery{prefix: historyPrefix, what: "history", since: f.Since, until: f.Until, cursor: f.Cursor, limit: f.Limit,
+		filtered: f.Tenant != "" || f.User != "" || f.Module != "" || f.Reason != ""}
+	recs, next, err := readLogPage(ctx, r, q, f.match)
+	if err != nil {
+		return HistoryPage{}, err
 	}
-	if !f.Since.IsZero() {
-		hi = historyBefore(f.Since.UnixMilli())
-	}
-	if f.Cursor != "" {
-		key, err := decodeHistoryCursor(f.Cursor)
-		if err != nil {
-			return HistoryPage{}, err
-		}
-		lo = max(lo, key+"\x00")
-	}
-	page := HistoryPage{History: []HistoryRecord{}}
-	if lo >= hi {
-		return page, nil
-	}
-	batch := int64(f.Limit + 1) // unfiltered, one more than a page tells whether there is a next
-	if f.Tenant != "" || f.User != "" || f.Module != "" || f.Reason != "" {
-		batch = scanBatch
-	}
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	var rev int64
-	var last string // the last key read
-	scanned := 0
-	for kv, err := range r.scan(cctx, lo, hi, batch, &rev) {
-		if err != nil {
-			return HistoryPage{}, translate("read history", err)
-		}
-		// kv is one more: the page ends before it.
-		if len(page.History) == f.Limit || scanned >= maxHistoryScan {
-			page.NextCursor = encodeHistoryCursor(last)
-			return page, nil
-		}
-		last = string(kv.Key)
-		scanned++
-		var h HistoryRecord
-		if err := json.Unmarshal(kv.Value, &h); err != nil {
-			r.log.Warn("undecodable history record; skipped", "key", last, "error", err)
-		} else if f.match(&h) {
-			page.History = append(page.History, h)
-		}
-	}
-	return page, nil
+	return HistoryPage{History: recs, NextCursor: next}, nil
 }
 
 // historyRecord is the history record of the tombstone of session id,
@@ -287,11 +218,11 @@ var (
 // its checkpoint once, then writes nothing until ctx ends.
 func (r *Registry) RecordHistory(ctx context.Context) error {
 	if r.cfg.HistoryRetention == 0 {
-		return r.keepNoHistory(ctx)
+		return r.keepNoLog(ctx, historyPrefix, "history", historyCPKey)
 	}
 	pctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { r.pruneHistory(pctx) })
+	wg.Go(func() { r.pruneLog(pctx, historyPrefix, "history", r.cfg.HistoryRetention, r.cfg.HistoryPruneInterval) })
 	defer func() {
 		stop()
 		wg.Wait()
@@ -587,76 +518,3 @@ func (r *Registry) writeHistory(ctx context.Context, st *historyState, puts []hi
 	return n, nil
 }
 
-// pruneHistory deletes the records older than the retention now and every
-// HistoryPruneInterval until ctx ends. The keys sort by end time, so they
-// are one key range, deleted pruneBatch keys at a time.
-func (r *Registry) pruneHistory(ctx context.Context) {
-	t := time.NewTicker(r.cfg.HistoryPruneInterval)
-	defer t.Stop()
-	for {
-		n, err := r.pruneOnce(ctx, time.Now().Add(-r.cfg.HistoryRetention))
-		switch {
-		case err != nil && ctx.Err() == nil:
-			r.log.Warn("pruning the history failed; trying again at the next interval", "error", err, "pruned", n)
-		case n > 0:
-			r.log.Debug("pruned the history", "pruned", n)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// pruneOnce deletes the records of the sessions that ended before cutoff and
-// returns how many it deleted.
-func (r *Registry) pruneOnce(ctx context.Context, cutoff time.Time) (int64, error) {
-	from, end := historyBefore(cutoff.UnixMilli()), clientv3.GetPrefixRangeEnd(historyPrefix)
-	var n int64
-	for {
-		cctx, cancel := r.opCtx(ctx)
-		resp, err := r.cli.Get(cctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(pruneBatch))
-		if err == nil && len(resp.Kvs) > 0 {
-			var del *clientv3.DeleteResponse
-			del, err = r.cli.Delete(cctx, from, clientv3.WithRange(string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00"))
-			if err == nil {
-				n += del.Deleted
-			}
-		}
-		cancel()
-		if err != nil {
-			return n, translate("prune history", err)
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return n, nil
-		}
-	}
-}
-
-// keepNoHistory is RecordHistory with retention 0: it deletes the history and
-// its checkpoint (retrying each second until that works), then waits for ctx.
-func (r *Registry) keepNoHistory(ctx context.Context) error {
-	for {
-		cctx, cancel := r.opCtx(ctx)
-		resp, err := r.cli.Txn(cctx).Then(clientv3.OpDelete(historyPrefix, clientv3.WithPrefix()), clientv3.OpDelete(historyCPKey)).Commit()
-		cancel()
-		if err == nil {
-			if n := resp.Responses[0].GetResponseDeleteRange().Deleted; n > 0 {
-				r.log.Info("history retention is 0: deleted the history", "deleted", n)
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		r.log.Warn("history retention is 0, but deleting the history failed; retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-	}
-	<-ctx.Done()
-	return nil
-}

@@ -27,6 +27,8 @@ import (
 //	history/<newest-first end time>/<id>       an ended session (JSON HistoryRecord), on no lease; the time is
 //	                                           9999999999999 minus the end in Unix ms, 13 digits, so keys sort newest first
 //	history-checkpoint                         the etcd revision up to which every tombstone's creation is in history/
+//	audit/<newest-first time>/<id>             an audit record (JSON AuditRecord), on no lease, never changed; the time
+//	                                           counts down as in history/
 //	conns/<id>                                 a connection (JSON): a shared one on its own lease, a direct one on its session's lease
 //	conntombs/<id>                             a dead shared connection: when it died, its service timeout (JSON), on a lease of its own
 //	ix/c/<conn-id>/<id>                        index of the sessions that use a connection, value: indexAttrs, on the session's lease
@@ -57,6 +59,7 @@ const (
 	seatsPrefix      = root + "seats/"
 	historyPrefix    = root + "history/"
 	historyCPKey     = root + "history-checkpoint"
+	auditPrefix      = root + "audit/"
 	aliveKey         = root + "alive"
 	connsPrefix      = root + "conns/"
 	connTombsPrefix  = root + "conntombs/"
@@ -112,30 +115,37 @@ func seatKey(tenant, module string, slot int) string {
 	return fmt.Sprintf("%s%06d", seatPrefix(tenant, module), slot)
 }
 
-// historyNewest is the end time, in Unix ms, that a history key counts
-// down from: the keys sort newest first, so a page of the newest records is
-// a plain ascending range read with a limit (etcd reads a whole range to
-// sort it descending). 13 digits last until the year 2286.
-const historyNewest = 9_999_999_999_999
+// newestMS is the time, in Unix ms, that the keys of the history and the
+// audit log count down from: the keys sort newest first, so a page of the
+// newest records is a plain ascending range read with a limit (etcd reads a
+// whole range to sort it descending). 13 digits last until the year 2286.
+const newestMS = 9_999_999_999_999
+
+// newestFirstKey is the key under prefix (history/ or audit/) of the record
+// id of Unix millisecond ms.
+func newestFirstKey(prefix string, ms int64, id string) string {
+	return fmt.Sprintf("%s%013d/%s", prefix, newestMS-min(max(ms, 0), newestMS), id)
+}
+
+// newestFirstBefore is the first key under prefix of the records older than
+// Unix millisecond ms: the keys from it to the end of prefix are older than
+// ms, those before it at ms or later.
+func newestFirstBefore(prefix string, ms int64) string {
+	switch {
+	case ms <= 0:
+		return clientv3.GetPrefixRangeEnd(prefix) // nothing is older than 1970
+	case ms > newestMS:
+		return prefix
+	}
+	return fmt.Sprintf("%s%013d", prefix, newestMS-ms+1)
+}
 
 // historyKey is the key of the history record of session id, which ended at
 // Unix millisecond ms. It is unique per session: a session ends once.
-func historyKey(ms int64, id string) string {
-	return fmt.Sprintf("%s%013d/%s", historyPrefix, historyNewest-min(max(ms, 0), historyNewest), id)
-}
+func historyKey(ms int64, id string) string { return newestFirstKey(historyPrefix, ms, id) }
 
-// historyBefore is the first key of the records that ended before Unix
-// millisecond ms: the keys from it to the end of history/ ended before ms,
-// those before it at ms or later.
-func historyBefore(ms int64) string {
-	switch {
-	case ms <= 0:
-		return clientv3.GetPrefixRangeEnd(historyPrefix) // nothing ended before 1970
-	case ms > historyNewest:
-		return historyPrefix
-	}
-	return fmt.Sprintf("%s%013d", historyPrefix, historyNewest-ms+1)
-}
+// auditKey is the key of audit record id, written at Unix millisecond ms.
+func auditKey(ms int64, id string) string { return newestFirstKey(auditPrefix, ms, id) }
 
 func connKey(id string) string            { return connsPrefix + id }
 func connTombKey(id string) string        { return connTombsPrefix + id }

@@ -131,34 +131,23 @@ func Routes() []string {
 	return out
 }
 
-// errorTable maps each registry sentinel to one status and code. An ended
-// session's code is its end reason (killed, expired, closed).
-var errorTable = []struct {
-	err    error
-	status int
-	code   string
-}{
-	{registry.ErrInvalidArgument, http.StatusBadRequest, "invalid_argument"},
-	{registry.ErrUnauthenticated, http.StatusUnauthorized, "unauthenticated"},
-	{registry.ErrPermissionDenied, http.StatusForbidden, "permission_denied"},
-	{registry.ErrSessionNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrUserNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrTokenNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrAlreadyLoggedIn, http.StatusConflict, "already_logged_in"},
-	{registry.ErrPoolInactive, http.StatusConflict, "pool_inactive"},
-	{registry.ErrMaintenance, http.StatusConflict, "maintenance"},
-	{registry.ErrNoLicenseSeat, http.StatusConflict, "no_license_seat"},
-	{registry.ErrLicenseNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrShutdownNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrShutdownFinished, http.StatusConflict, "already_finished"},
-	{registry.ErrTokenExists, http.StatusConflict, "already_exists"},
-	{registry.ErrServiceNotAllowed, http.StatusForbidden, "service_not_allowed"},
-	{registry.ErrConnectionGone, http.StatusConflict, "connection_gone"},
-	{registry.ErrConnectionNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrDirectConnection, http.StatusConflict, "direct_connection"},
-	{registry.ErrPolicyNotFound, http.StatusNotFound, "not_found"},
-	{registry.ErrSessionEnded, http.StatusGone, ""},
-	{registry.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+// statusOf maps each error code (registry.Code) to an HTTP status; an
+// ended session (code: its end reason) is 410 Gone.
+var statusOf = map[string]int{
+	"invalid_argument":    http.StatusBadRequest,
+	"unauthenticated":     http.StatusUnauthorized,
+	"permission_denied":   http.StatusForbidden,
+	"service_not_allowed": http.StatusForbidden,
+	"not_found":           http.StatusNotFound,
+	"already_logged_in":   http.StatusConflict,
+	"pool_inactive":       http.StatusConflict,
+	"maintenance":         http.StatusConflict,
+	"no_license_seat":     http.StatusConflict,
+	"already_finished":    http.StatusConflict,
+	"already_exists":      http.StatusConflict,
+	"connection_gone":     http.StatusConflict,
+	"direct_connection":   http.StatusConflict,
+	"unavailable":         http.StatusServiceUnavailable,
 }
 
 type errorBody struct {
@@ -198,20 +187,20 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 // ok is false for an error of no sentinel (a bug).
 func classify(err error) (status int, code, msg string, ok bool) {
 	msg = strings.TrimPrefix(err.Error(), "registry: ")
-	for _, e := range errorTable {
-		if !errors.Is(err, e.err) {
-			continue
-		}
-		// The code already says what the sentinel says.
-		msg = strings.TrimPrefix(msg, strings.TrimPrefix(e.err.Error(), "registry: ")+": ")
-		code := e.code
-		var ended *registry.EndedError
-		if errors.As(err, &ended) {
-			code = string(ended.Ended.Reason)
-		}
-		return e.status, code, msg, true
+	code, sentinel, ok := registry.Code(err)
+	if !ok {
+		return http.StatusInternalServerError, "internal", "internal error; the node's log has the details", false
 	}
-	return http.StatusInternalServerError, "internal", "internal error; the node's log has the details", false
+	// The code already says what the sentinel says.
+	msg = strings.TrimPrefix(msg, strings.TrimPrefix(sentinel.Error(), "registry: ")+": ")
+	status, known := statusOf[code]
+	if errors.Is(sentinel, registry.ErrSessionEnded) {
+		status, known = http.StatusGone, true
+	}
+	if !known {
+		return http.StatusInternalServerError, "internal", "internal error; the node's log has the details", false
+	}
+	return status, code, msg, true
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

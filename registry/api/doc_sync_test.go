@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/roster-dev/roster/registry"
 )
 
 // TestDocsInSync holds docs/api.md and the served API together: every
@@ -36,10 +38,11 @@ func TestDocsInSync(t *testing.T) {
 		}
 	}
 	codes := []string{"invalid_json", "body_too_large", "internal", "killed", "expired", "closed", "shutdown", "idle", "cleanup"}
-	for _, e := range errorTable {
-		if e.code != "" {
-			codes = append(codes, e.code)
+	for _, c := range registry.Codes() {
+		if _, ok := statusOf[c]; !ok {
+			t.Errorf("error code %q has no HTTP status in statusOf", c)
 		}
+		codes = append(codes, c)
 	}
 	for _, c := range codes {
 		if !strings.Contains(string(doc), "`"+c+"`") {
