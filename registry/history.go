@@ -517,4 +517,3 @@ func (r *Registry) writeHistory(ctx context.Context, st *historyState, puts []hi
 	}
 	return n, nil
 }
-
