@@ -161,15 +161,16 @@ func (r *Registry) CreateToken(ctx context.Context, p Principal, req TokenReques
 	if err := requireRole(p, "create tokens", RoleAdmin); err != nil {
 		return NewToken{}, err
 	}
-	return r.createToken(ctx, req, NewAPIToken())
+	return r.createToken(ctx, req, NewAPIToken(), p.By())
 }
 
 // NewAPIToken returns a fresh API token secret (256 random bits); it is
 // not stored anywhere until a token is created with it.
 func NewAPIToken() string { return apiTokenPrefix + randomSecret() }
 
-// createToken stores tok (made by NewAPIToken) under req's name and role.
-func (r *Registry) createToken(ctx context.Context, req TokenRequest, tok string) (NewToken, error) {
+// createToken stores tok (made by NewAPIToken) under req's name and role;
+// the audit log names actor as its creator.
+func (r *Registry) createToken(ctx context.Context, req TokenRequest, tok, actor string) (NewToken, error) {
 	if err := checkName("name", req.Name); err != nil {
 		return NewToken{}, err
 	}
@@ -182,7 +183,8 @@ func (r *Registry) createToken(ctx context.Context, req TokenRequest, tok string
 	defer cancel()
 	resp, err := r.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.CreateRevision(tokenNameKey(req.Name)), "=", 0)).
-		Then(clientv3.OpPut(tokenNameKey(req.Name), string(val)), clientv3.OpPut(tokenHashKey(st.Hash), string(val))).
+		Then(r.withAudit(ctx, []clientv3.Op{clientv3.OpPut(tokenNameKey(req.Name), string(val)), clientv3.OpPut(tokenHashKey(st.Hash), string(val))},
+			AuditRecord{Action: AuditTokenCreate, Actor: actor, Target: req.Name, Details: map[string]string{"role": string(req.Role)}})...).
 		Commit()
 	if err != nil {
 		return NewToken{}, translate("create token", err)
@@ -201,7 +203,7 @@ func (r *Registry) EnsureAdminToken(ctx context.Context, tok string) (bool, erro
 	if !strings.HasPrefix(tok, apiTokenPrefix) {
 		return false, invalid("token", "is not an API token (it must start with %q)", apiTokenPrefix)
 	}
-	_, err := r.createToken(ctx, TokenRequest{Name: AdminTokenName, Role: RoleAdmin}, tok)
+	_, err := r.createToken(ctx, TokenRequest{Name: AdminTokenName, Role: RoleAdmin}, tok, "node:"+r.cfg.Node)
 	if err == nil {
 		return true, nil
 	}
@@ -263,7 +265,8 @@ func (r *Registry) DeleteToken(ctx context.Context, p Principal, name string) er
 	}
 	del, err := r.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.ModRevision(tokenNameKey(name)), "=", resp.Kvs[0].ModRevision)).
-		Then(clientv3.OpDelete(tokenNameKey(name)), clientv3.OpDelete(tokenHashKey(st.Hash))).
+		Then(r.withAudit(ctx, []clientv3.Op{clientv3.OpDelete(tokenNameKey(name)), clientv3.OpDelete(tokenHashKey(st.Hash))},
+			AuditRecord{Action: AuditTokenRevoke, Actor: p.By(), Target: name, Details: map[string]string{"role": string(st.Role)}})...).
 		Commit()
 	if err != nil {
 		return translate("delete token", err)

@@ -102,9 +102,8 @@ func (r *Registry) SetLicense(ctx context.Context, p Principal, tenant, module s
 		return License{}, invalid("seats", "is %d; give 0 to %d (0 refuses every login into the module; delete the licence to lift the limit)", spec.Seats, MaxSeats)
 	}
 	val, _ := json.Marshal(storedLicense{Seats: spec.Seats, SetBy: p.By(), SetAt: time.Now().UTC().Truncate(time.Second)})
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	if _, err := r.cli.Put(cctx, licenseKey(tenant, module), string(val)); err != nil {
+	if err := r.putAudited(ctx, licenseKey(tenant, module), string(val), AuditRecord{Action: AuditLicenseSet, Actor: p.By(),
+		Tenant: tenant, Module: module, Target: tenant + "/" + module, Details: map[string]string{"seats": strconv.Itoa(spec.Seats)}}); err != nil {
 		return License{}, translate("set licence", err)
 	}
 	r.log.Info("licence set", "tenant", tenant, "module", module, "seats", spec.Seats, "by", p.By())
@@ -119,13 +118,12 @@ func (r *Registry) DeleteLicense(ctx context.Context, p Principal, tenant, modul
 	if err := errors.Join(checkName("tenant", tenant), checkName("module", module)); err != nil {
 		return err
 	}
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	resp, err := r.cli.Delete(cctx, licenseKey(tenant, module))
+	found, err := r.deleteAudited(ctx, licenseKey(tenant, module), AuditRecord{Action: AuditLicenseDelete, Actor: p.By(),
+		Tenant: tenant, Module: module, Target: tenant + "/" + module})
 	if err != nil {
 		return translate("delete licence", err)
 	}
-	if resp.Deleted == 0 {
+	if !found {
 		return licenseNotFound(tenant, module)
 	}
 	r.log.Info("licence deleted", "tenant", tenant, "module", module, "by", p.By())

@@ -73,11 +73,13 @@ func checkLogWindow(since, until time.Time, limit *int) error {
 // q.limit (even none) while the cursor is set.
 func readLogPage[T any](ctx context.Context, r *Registry, q logQuery, match func(*T) bool) ([]T, string, error) {
 	lo, hi := q.prefix, clientv3.GetPrefixRangeEnd(q.prefix)
+	// Records are stamped to the millisecond: one stamped at ms is at or
+	// after a time t exactly when ms is at or after t rounded up.
 	if !q.until.IsZero() {
-		lo = newestFirstBefore(q.prefix, q.until.UnixMilli())
+		lo = newestFirstBefore(q.prefix, ceilMS(q.until))
 	}
 	if !q.since.IsZero() {
-		hi = newestFirstBefore(q.prefix, q.since.UnixMilli())
+		hi = newestFirstBefore(q.prefix, ceilMS(q.since))
 	}
 	if q.cursor != "" {
 		key, err := decodeLogCursor(q.prefix, q.cursor)
@@ -196,4 +198,13 @@ func (r *Registry) keepNoLog(ctx context.Context, prefix, what string, extra ...
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// ceilMS is t in Unix milliseconds, rounded up.
+func ceilMS(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if t.After(time.UnixMilli(ms)) {
+		ms++
+	}
+	return ms
 }

@@ -88,9 +88,8 @@ func (r *Registry) SetPolicy(ctx context.Context, p Principal, scope PolicyScope
 	pol := Policy{Scope: scope, Name: name, IdleTimeoutSeconds: spec.IdleTimeoutSeconds, MaxLifetimeSeconds: spec.MaxLifetimeSeconds,
 		SetBy: p.By(), SetAt: time.Now().UTC().Truncate(time.Second)}
 	val, _ := json.Marshal(pol)
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	if _, err := r.cli.Put(cctx, policyKey(scope, name), string(val)); err != nil {
+	if err := r.putAudited(ctx, policyKey(scope, name), string(val), AuditRecord{Action: AuditPolicySet, Actor: p.By(), Target: string(scope) + "/" + name,
+		Details: map[string]string{"idle_timeout_seconds": strconv.FormatInt(spec.IdleTimeoutSeconds, 10), "max_lifetime_seconds": strconv.FormatInt(spec.MaxLifetimeSeconds, 10)}}); err != nil {
 		return Policy{}, translate("set policy", err)
 	}
 	r.log.Info("clean-up policy set", "scope", scope, "name", name, "idle-timeout", spec.IdleTimeoutSeconds, "max-lifetime", spec.MaxLifetimeSeconds, "by", p.By())
@@ -105,13 +104,11 @@ func (r *Registry) DeletePolicy(ctx context.Context, p Principal, scope PolicySc
 	if err := checkScope(scope, name); err != nil {
 		return err
 	}
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	resp, err := r.cli.Delete(cctx, policyKey(scope, name))
+	found, err := r.deleteAudited(ctx, policyKey(scope, name), AuditRecord{Action: AuditPolicyDelete, Actor: p.By(), Target: string(scope) + "/" + name})
 	if err != nil {
 		return translate("delete policy", err)
 	}
-	if resp.Deleted == 0 {
+	if !found {
 		return policyNotFound(scope, name)
 	}
 	return nil

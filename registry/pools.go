@@ -113,9 +113,7 @@ func (r *Registry) DeactivatePool(ctx context.Context, p Principal, name, messag
 		return Pool{}, err
 	}
 	val, _ := json.Marshal(poolState{Since: time.Now().UTC().Truncate(time.Second), By: p.By(), Message: message})
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	if _, err := r.cli.Put(cctx, poolKey(name), string(val)); err != nil {
+	if err := r.putAudited(ctx, poolKey(name), string(val), AuditRecord{Action: AuditPoolDeactivate, Actor: p.By(), Target: name, Message: message}); err != nil {
 		return Pool{}, translate("deactivate pool", err)
 	}
 	return r.Pool(ctx, p, name)
@@ -131,7 +129,8 @@ func (r *Registry) ActivatePool(ctx context.Context, p Principal, name string) (
 	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	if _, err := r.cli.Delete(cctx, poolKey(name)); err != nil {
+	ops := r.withAudit(ctx, []clientv3.Op{clientv3.OpDelete(poolKey(name))}, AuditRecord{Action: AuditPoolActivate, Actor: p.By(), Target: name})
+	if _, err := r.cli.Txn(cctx).Then(ops...).Commit(); err != nil {
 		return Pool{}, translate("activate pool", err)
 	}
 	return r.Pool(ctx, p, name)

@@ -42,6 +42,10 @@ type Config struct {
 	// HistoryPruneInterval is how often the history duty deletes the records
 	// older than HistoryRetention.
 	HistoryPruneInterval time.Duration
+	// AuditRetention is how long the audit log keeps a record (see
+	// Audit); 0 keeps no audit log: the node writes none, and the duty
+	// leader deletes it. Give every node the same.
+	AuditRetention time.Duration
 	// CleanupInterval is how often the clean-up duty (RunCleanup) looks for
 	// sessions to end.
 	CleanupInterval time.Duration
@@ -64,6 +68,7 @@ func DefaultConfig() Config {
 
 		HistoryRetention:     DefaultHistoryRetention,
 		HistoryPruneInterval: time.Minute,
+		AuditRetention:       DefaultAuditRetention,
 		CleanupInterval:      10 * time.Second,
 	}
 }
@@ -100,6 +105,8 @@ func (c *Config) ValidateSettings() error {
 		return fmt.Errorf("registry: config: alive interval %s must be at least 100ms", c.AliveInterval)
 	case c.HistoryRetention < 0:
 		return fmt.Errorf("registry: config: history retention %s must not be negative (0 keeps no history)", c.HistoryRetention)
+	case c.AuditRetention < 0:
+		return fmt.Errorf("registry: config: audit retention %s must not be negative (0 keeps no audit log)", c.AuditRetention)
 	case c.HistoryPruneInterval <= 0:
 		return fmt.Errorf("registry: config: history prune interval %s must be positive", c.HistoryPruneInterval)
 	case c.CleanupInterval < 100*time.Millisecond:
@@ -157,6 +164,9 @@ type Registry struct {
 	policies   policySet
 	lastActive map[string]time.Time
 
+	// audit writes the audit records that belong to no other transaction.
+	audit auditor
+
 	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
 	streamsMu sync.Mutex
@@ -182,6 +192,8 @@ func New(cfg Config) (*Registry, error) {
 	r.policies = newPolicySet(nil)
 	r.watched.ch = make(chan struct{})
 	r.pendingChanged = make(chan struct{})
+	r.audit.q = make(chan auditWrite, auditQueue)
+	r.audit.tokens, r.audit.refilled = authFailBurst, time.Now()
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
 	return r, nil
 }

@@ -142,13 +142,25 @@ func (r *Registry) normalize(req *OpenRequest) error {
 // (*ServiceNotAllowedError), a shared one must be live (*ConnectionGoneError)
 // and registered by p's token unless p is an admin. Cancelling ctx abandons
 // the open; a lease granted for it then expires by itself.
+//
+// The audit log records the login in the open's transaction, and a refusal
+// (with its error code) in a write of its own before Open returns.
 func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (OpenedSession, error) {
+	opened, err := r.open(ctx, p, &req)
+	if err != nil {
+		r.auditRefusal(ctx, p, &req, err)
+	}
+	return opened, err
+}
+
+func (r *Registry) open(ctx context.Context, p Principal, reqp *OpenRequest) (OpenedSession, error) {
 	if err := requireRole(p, "open sessions", RoleClient, RoleAdmin); err != nil {
 		return OpenedSession{}, err
 	}
-	if err := r.normalize(&req); err != nil {
+	if err := r.normalize(reqp); err != nil {
 		return OpenedSession{}, err
 	}
+	req := *reqp
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	lease, err := r.cli.Grant(cctx, req.TTLSeconds)
@@ -223,6 +235,8 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			puts = append(puts, seat.put)
 		}
 		puts = append(puts, conns.puts...)
+		puts = r.withAudit(ctx, puts, AuditRecord{Action: AuditLogin, Actor: p.By(), Tenant: rec.Tenant, User: rec.User,
+			Module: rec.Module, Session: id, Details: map[string]string{"host": rec.Host, "pool": rec.Pool}})
 		cmps := append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(userKey(rec.Tenant, rec.User)), "=", userRev),
 			clientv3.Compare(clientv3.Version(poolKey(rec.Pool)), "=", 0),    // the pool is active
@@ -572,6 +586,13 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...cli
 		}
 	}
 	ops = append(ops, clientv3.OpDelete(activityKey(rec.ID)))
+	switch how.Reason { // the ends a person asked for; the history has them all
+	case EndClosed:
+		ops = r.withAudit(ctx, ops, AuditRecord{Action: AuditLogout, Actor: how.By, Tenant: rec.Tenant, User: rec.User, Module: rec.Module, Session: rec.ID})
+	case EndKilled:
+		ops = r.withAudit(ctx, ops, AuditRecord{Action: AuditKill, Actor: how.By, Tenant: rec.Tenant, User: rec.User, Module: rec.Module,
+			Session: rec.ID, Message: how.Message})
+	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	var resp *clientv3.TxnResponse

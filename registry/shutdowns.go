@@ -140,6 +140,7 @@ func (r *Registry) RequestShutdown(ctx context.Context, p Principal, req Shutdow
 	if s.Scope == ScopeAll {
 		ops = append(ops, clientv3.OpPut(maintKey(s.Tenant), string(val)))
 	}
+	ops = r.withAudit(ctx, ops, s.auditRecord(AuditShutdownRequest, s.RequestedBy))
 	if _, err := r.cli.Txn(cctx).Then(ops...).Commit(); err != nil {
 		return Shutdown{}, translate("store shutdown request", err)
 	}
@@ -206,6 +207,12 @@ func (r *Registry) newShutdown(ctx context.Context, p Principal, req ShutdownReq
 		return s, invalid("scope", "is %q; want session, all or pool", req.Scope)
 	}
 	return s, nil
+}
+
+// auditRecord is the audit record of a request or cancellation of s by actor.
+func (s *Shutdown) auditRecord(action AuditAction, actor string) AuditRecord {
+	return AuditRecord{Action: action, Actor: actor, Target: s.ID, Tenant: s.Tenant, Session: s.Session, Message: s.Message,
+		Details: map[string]string{"scope": string(s.Scope), "pool": s.Pool, "deadline": s.Deadline.UTC().Format(time.RFC3339)}}
 }
 
 // target names what s reaches, for logs.
@@ -377,6 +384,9 @@ func (r *Registry) finish(ctx context.Context, id string, change func(*Shutdown)
 		s.Open = 0
 		val, _ := json.Marshal(s)
 		ops := []clientv3.Op{clientv3.OpPut(shutdownKey(id), string(val))}
+		if s.State == ShutdownCancelled {
+			ops = r.withAudit(ctx, ops, s.auditRecord(AuditShutdownCancel, s.By))
+		}
 		var cmps []clientv3.Cmp
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(shutdownKey(id)), "=", resp.Kvs[0].ModRevision))
 		tresp, err := r.cli.Txn(cctx).If(cmps...).Then(ops...).Commit()

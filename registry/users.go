@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -82,9 +83,8 @@ func (r *Registry) PutUser(ctx context.Context, p Principal, tenant, user string
 	}
 	u := User{Tenant: tenant, User: user, Rights: rights, Services: services, UpdatedAt: time.Now().UTC().Truncate(time.Second)}
 	val, _ := json.Marshal(u)
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	if _, err := r.cli.Put(cctx, userKey(tenant, user), string(val)); err != nil {
+	if err := r.putAudited(ctx, userKey(tenant, user), string(val), AuditRecord{Action: AuditUserSet, Actor: p.By(), Tenant: tenant,
+		User: user, Details: map[string]string{"rights": joinRights(rights), "services": strings.Join(services, ",")}}); err != nil {
 		return User{}, translate("write user", err)
 	}
 	return u, nil
@@ -147,13 +147,11 @@ func (r *Registry) DeleteUser(ctx context.Context, p Principal, tenant, user str
 	if err := checkUserName(tenant, user); err != nil {
 		return err
 	}
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	resp, err := r.cli.Delete(cctx, userKey(tenant, user))
+	found, err := r.deleteAudited(ctx, userKey(tenant, user), AuditRecord{Action: AuditUserDelete, Actor: p.By(), Tenant: tenant, User: user})
 	if err != nil {
 		return translate("delete user", err)
 	}
-	if resp.Deleted == 0 {
+	if !found {
 		return &notFoundError{ErrUserNotFound, fmt.Sprintf("user %s/%s is not in the user master", tenant, user)}
 	}
 	return nil
@@ -176,4 +174,13 @@ func checkServices(services []string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// joinRights lists rights separated by commas.
+func joinRights(rights []Right) string {
+	out := make([]string, len(rights))
+	for i, r := range rights {
+		out[i] = string(r)
+	}
+	return strings.Join(out, ",")
 }

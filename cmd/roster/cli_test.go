@@ -396,7 +396,8 @@ func TestParseWhen(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseWhen("--since", tt.v, now)
+			l := &logFlags{cmd: "audit"}
+			got, err := l.parseWhen("--since", tt.v, now)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("parseWhen(%q) error = %v, want error %v", tt.v, err, tt.wantErr)
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -41,52 +42,46 @@ Needs an operator or admin token.`,
 	}
 }
 
-// historyFlags are the flags of history.
-type historyFlags struct {
-	tenant, user, module, reason, since, until, cursor string
-	limit                                              int
-	all                                                bool
+// logFlags are the flags the log commands (history, audit) share.
+type logFlags struct {
+	cmd                  string // the command, for usage errors
+	since, until, cursor string
+	limit                int
+	all                  bool
 }
 
-func (h *historyFlags) define(fs *pflag.FlagSet) {
-	fs.StringVar(&h.tenant, "tenant", "", "only sessions of this tenant")
-	fs.StringVar(&h.user, "user", "", "only sessions of this user")
-	fs.StringVar(&h.module, "module", "", "only sessions in this module")
-	fs.StringVar(&h.reason, "reason", "", "only sessions that ended so: closed, killed, expired, shutdown, …")
-	fs.StringVar(&h.since, "since", "", "only sessions that ended at or after `WHEN` (RFC 3339, date, or duration ago)")
-	fs.StringVar(&h.until, "until", "", "only sessions that ended before `WHEN` (RFC 3339, date, or duration ago)")
-	fs.IntVar(&h.limit, "limit", 0, "records per page, 1-1000 (server default: 100)")
-	fs.StringVar(&h.cursor, "cursor", "", "start at this cursor (next_cursor of the previous page)")
-	fs.BoolVar(&h.all, "all", false, "follow next_cursor to the last page")
+// define defines the shared flags; what says what --since and --until
+// select ("sessions that ended", "records written").
+func (l *logFlags) define(fs *pflag.FlagSet, what string) {
+	fs.StringVar(&l.since, "since", "", "only "+what+" at or after `WHEN` (RFC 3339, date, or duration ago)")
+	fs.StringVar(&l.until, "until", "", "only "+what+" before `WHEN` (RFC 3339, date, or duration ago)")
+	fs.IntVar(&l.limit, "limit", 0, "records per page, 1-1000 (server default: 100)")
+	fs.StringVar(&l.cursor, "cursor", "", "start at this cursor (next_cursor of the previous page)")
+	fs.BoolVar(&l.all, "all", false, "follow next_cursor to the last page")
 }
 
-// filter checks the flags and builds the history filter; now is what a
+// window checks --limit and reads --since and --until; now is what a
 // duration ago counts from.
-func (h *historyFlags) filter(now time.Time) (registry.HistoryFilter, error) {
-	f := registry.HistoryFilter{Tenant: h.tenant, User: h.user, Module: h.module, Reason: registry.EndReason(h.reason),
-		Limit: h.limit, Cursor: h.cursor}
-	if h.limit < 0 || h.limit > registry.MaxListLimit {
-		return f, usagef("history", "--limit %d: must be between 1 and %d", h.limit, registry.MaxListLimit)
+func (l *logFlags) window(now time.Time) (since, until time.Time, err error) {
+	if l.limit < 0 || l.limit > registry.MaxListLimit {
+		return since, until, usagef(l.cmd, "--limit %d: must be between 1 and %d", l.limit, registry.MaxListLimit)
 	}
-	var err error
-	if f.Since, err = parseWhen("--since", h.since, now); err != nil {
-		return f, err
+	if since, err = l.parseWhen("--since", l.since, now); err != nil {
+		return since, until, err
 	}
-	if f.Until, err = parseWhen("--until", h.until, now); err != nil {
-		return f, err
-	}
-	return f, nil
+	until, err = l.parseWhen("--until", l.until, now)
+	return since, until, err
 }
 
 // parseWhen reads a --since or --until: an RFC 3339 time, a date (midnight
 // UTC) or a positive duration before now. Empty is the zero time.
-func parseWhen(flag, v string, now time.Time) (time.Time, error) {
+func (l *logFlags) parseWhen(flag, v string, now time.Time) (time.Time, error) {
 	if v == "" {
 		return time.Time{}, nil
 	}
 	if d, err := time.ParseDuration(v); err == nil {
 		if d <= 0 {
-			return time.Time{}, usagef("history", "%s %q: a duration ago must be positive, e.g. 24h", flag, v)
+			return time.Time{}, usagef(l.cmd, "%s %q: a duration ago must be positive, e.g. 24h", flag, v)
 		}
 		return now.Add(-d), nil
 	}
@@ -95,16 +90,15 @@ func parseWhen(flag, v string, now time.Time) (time.Time, error) {
 			return t, nil
 		}
 	}
-	return time.Time{}, usagef("history", "%s %q: give an RFC 3339 time (2026-11-21T10:00:00Z), a date (2026-11-21) or a duration ago (90m, 24h)", flag, v)
+	return time.Time{}, usagef(l.cmd, "%s %q: give an RFC 3339 time (2026-11-21T10:00:00Z), a date (2026-11-21) or a duration ago (90m, 24h)", flag, v)
 }
 
-func (h *historyFlags) run(ctx context.Context, inv *invocation) error {
-	f, err := h.filter(time.Now())
-	if err != nil {
-		return err
-	}
-	if !h.all {
-		data, err := inv.history(ctx, f)
+// runLog prints a log: one page, or with --all every page; fetch gets the
+// page at a cursor ("" for the flags' cursor) and field names the page's
+// array of records.
+func runLog[T any](ctx context.Context, inv *invocation, l *logFlags, field string, fetch func(ctx context.Context, cursor string) ([]byte, error), render func(io.Writer, []T)) error {
+	if !l.all {
+		data, err := fetch(ctx, l.cursor)
 		if err != nil {
 			return err
 		}
@@ -112,37 +106,83 @@ func (h *historyFlags) run(ctx context.Context, inv *invocation) error {
 			inv.printJSON(data)
 			return nil
 		}
-		var page registry.HistoryPage
+		var page map[string]json.RawMessage
 		if err := decodeAnswer(data, &page); err != nil {
 			return err
 		}
-		renderHistory(inv.stdout, page.History)
-		if page.NextCursor != "" {
-			shown := fmt.Sprintf("%d records", len(page.History))
-			if len(page.History) == 1 {
+		var records []T
+		var next string
+		for k, dst := range map[string]any{field: &records, "next_cursor": &next} {
+			if raw, ok := page[k]; ok {
+				if err := decodeAnswer(raw, dst); err != nil {
+					return err
+				}
+			}
+		}
+		render(inv.stdout, records)
+		if next != "" {
+			shown := fmt.Sprintf("%d records", len(records))
+			if len(records) == 1 {
 				shown = "1 record"
 			}
-			fmt.Fprintf(inv.stderr, "roster: %s shown; next page: --cursor %s (or --all)\n", shown, page.NextCursor)
+			fmt.Fprintf(inv.stderr, "roster: %s shown; next page: --cursor %s (or --all)\n", shown, next)
 		}
 		return nil
 	}
-	items, _, err := allPages(ctx, "history", func(ctx context.Context, cursor string) ([]byte, error) {
-		f.Cursor = cursor
-		return inv.history(ctx, f)
+	items, _, err := allPages(ctx, field, func(ctx context.Context, cursor string) ([]byte, error) {
+		if cursor == "" {
+			cursor = l.cursor
+		}
+		return fetch(ctx, cursor)
 	})
 	if err != nil {
 		return err
 	}
 	if inv.g.json() {
-		inv.printJSON(joinedPage("history", items, ""))
+		inv.printJSON(joinedPage(field, items, ""))
 		return nil
 	}
-	records, err := decodeItems[registry.HistoryRecord](items)
+	records, err := decodeItems[T](items)
 	if err != nil {
 		return err
 	}
-	renderHistory(inv.stdout, records)
+	render(inv.stdout, records)
 	return nil
+}
+
+// historyFlags are the flags of history.
+type historyFlags struct {
+	logFlags
+	tenant, user, module, reason string
+}
+
+func (h *historyFlags) define(fs *pflag.FlagSet) {
+	h.cmd = "history"
+	fs.StringVar(&h.tenant, "tenant", "", "only sessions of this tenant")
+	fs.StringVar(&h.user, "user", "", "only sessions of this user")
+	fs.StringVar(&h.module, "module", "", "only sessions in this module")
+	fs.StringVar(&h.reason, "reason", "", "only sessions that ended so: closed, killed, expired, shutdown, …")
+	h.logFlags.define(fs, "sessions that ended")
+}
+
+// filter checks the flags and builds the history filter; now is what a
+// duration ago counts from.
+func (h *historyFlags) filter(now time.Time) (registry.HistoryFilter, error) {
+	f := registry.HistoryFilter{Tenant: h.tenant, User: h.user, Module: h.module, Reason: registry.EndReason(h.reason), Limit: h.limit}
+	var err error
+	f.Since, f.Until, err = h.window(now)
+	return f, err
+}
+
+func (h *historyFlags) run(ctx context.Context, inv *invocation) error {
+	f, err := h.filter(time.Now())
+	if err != nil {
+		return err
+	}
+	return runLog(ctx, inv, &h.logFlags, "history", func(ctx context.Context, cursor string) ([]byte, error) {
+		f.Cursor = cursor
+		return inv.history(ctx, f)
+	}, renderHistory)
 }
 
 func (inv *invocation) history(ctx context.Context, f registry.HistoryFilter) ([]byte, error) {

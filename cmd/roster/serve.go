@@ -39,6 +39,7 @@ type serveFlags struct {
 	site, pool, logLevel                          string
 	defaultTTL, minTTL, maxTTL, tombstoneTTL      time.Duration
 	historyRetention                              time.Duration
+	auditRetention                                time.Duration
 	etcdQuota                                     int64
 	etcdCompaction                                time.Duration
 	cleanupInterval                               time.Duration
@@ -75,6 +76,7 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.maxTTL, "max-ttl", 24*time.Hour, "longest TTL a session may ask for")
 	fs.DurationVar(&f.tombstoneTTL, "tombstone-ttl", 15*time.Minute, "how long the reason a session ended stays known")
 	fs.DurationVar(&f.historyRetention, "history-retention", registry.DefaultHistoryRetention, "how long the history of ended sessions is kept (0 keeps none); give every node the same")
+	fs.DurationVar(&f.auditRetention, "audit-retention", registry.DefaultAuditRetention, "how long the audit log (logins, refusals, kills, changes, failed authentication) is kept (0 keeps none); give every node the same")
 	fs.Int64Var(&f.etcdQuota, "etcd-quota-bytes", cluster.DefaultQuotaBytes, "etcd backend quota in bytes")
 	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
 	fs.DurationVar(&f.cleanupInterval, "cleanup-interval", registry.DefaultConfig().CleanupInterval, "how often the duty leader's clean-up ends dead shared connections' sessions, idle and too old ones")
@@ -156,6 +158,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	rcfg.Node, rcfg.Site, rcfg.Pool = f.name, f.site, f.pool
 	rcfg.DefaultTTL, rcfg.MinTTL, rcfg.MaxTTL, rcfg.TombstoneTTL = f.defaultTTL, f.minTTL, f.maxTTL, f.tombstoneTTL
 	rcfg.HistoryRetention = f.historyRetention
+	rcfg.AuditRetention = f.auditRetention
 	rcfg.CleanupInterval = f.cleanupInterval
 	rcfg.Logger = log.With("component", "registry")
 	if err := ccfg.Validate(); err != nil {
@@ -196,12 +199,13 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return err
 	}
 
-	// Singleton duties (shutdown deadlines, the history of ended sessions, clean-up) run
+	// Singleton duties (shutdown deadlines, the history of ended sessions, clean-up, the audit log's retention) run
 	// on the node that wins the election; another takes over when it dies.
 	duties, err := ha.New(ha.Config{Client: node.Client(), Node: f.name, Logger: log.With("component", "ha")},
 		ha.Duty{Name: "shutdown-deadlines", Run: reg.EnforceShutdowns},
 		ha.Duty{Name: "history", Run: reg.RecordHistory},
-		ha.Duty{Name: "cleanup", Run: reg.RunCleanup})
+		ha.Duty{Name: "cleanup", Run: reg.RunCleanup},
+		ha.Duty{Name: "audit", Run: reg.KeepAudit})
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ func TestServeRejectsBadClusterSettings(t *testing.T) {
 		{[]string{"--gossip-listen", "0.0.0.0:7403"}, "gossip advertise is required"},
 		{[]string{"--dead-after", "0s"}, "dead-after 0s: must be positive"},
 		{[]string{"--history-retention", "-1h"}, "history retention -1h0m0s must not be negative (0 keeps no history)"},
+		{[]string{"--audit-retention", "-1s"}, "audit retention -1s must not be negative (0 keeps no audit log)"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			dataDir := filepath.Join(t.TempDir(), "data")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -106,6 +107,7 @@ func (s *server) routes() []Route {
 		{"PUT /v1/licenses/{tenant}/{module}", s.authed(s.putLicense)},
 		{"DELETE /v1/licenses/{tenant}/{module}", s.authed(s.deleteLicense)},
 		{"GET /v1/history", s.authed(s.history)},
+		{"GET /v1/audit", s.authed(s.audit)},
 		{"GET /v1/connections", s.authed(s.listConnections)},
 		{"POST /v1/connections", s.authed(s.registerConnection)},
 		{"GET /v1/connections/{id}", s.authed(s.getConnection)},
@@ -275,15 +277,25 @@ func (s *server) authedLocal(h handler) http.HandlerFunc {
 
 func (s *server) authedBy(authenticate func(context.Context, string) (registry.Principal, error), h handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		remote := r.RemoteAddr
+		if host, _, err := net.SplitHostPort(remote); err == nil {
+			remote = host
+		}
+		r = r.WithContext(registry.WithRemote(r.Context(), remote))
 		auth := r.Header.Get("Authorization")
 		token, ok := strings.CutPrefix(auth, "Bearer ")
 		if auth != "" && !ok {
-			writeError(w, http.StatusUnauthorized, "unauthenticated", "the Authorization header must be 'Bearer <token>'")
+			err := fmt.Errorf("%w: the Authorization header must be 'Bearer <token>'", registry.ErrUnauthenticated)
+			s.reg.RecordAuthFailure(r.Context(), r.Method, r.URL.Path, err)
+			s.fail(w, r, err)
 			return
 		}
 		p, err := authenticate(r.Context(), strings.TrimSpace(token))
 		if err != nil {
 			s.log.Debug("authentication failed", "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
+			if errors.Is(err, registry.ErrUnauthenticated) {
+				s.reg.RecordAuthFailure(r.Context(), r.Method, r.URL.Path, err)
+			}
 			s.fail(w, r, err)
 			return
 		}

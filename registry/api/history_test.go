@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,6 +57,61 @@ func TestHistoryOverHTTP(t *testing.T) {
 		}
 		if a := call(t, "GET", "/v1/history", tok.Token, nil); a.status != tc.status {
 			t.Fatalf("history with a %s token: %d %s, want %d", tc.role, a.status, a.body, tc.status)
+		}
+	}
+}
+
+// TestAuditOverHTTP: requests with bad credentials are recorded with the
+// address they came from and the path, never the token; a refused login over
+// HTTP carries the address too; GET /v1/audit filters and checks its
+// parameters.
+func TestAuditOverHTTP(t *testing.T) {
+	s := openSession(t, "audit-alice", "sales")
+	if a := call(t, "POST", "/v1/sessions", adminToken, []byte(`{"user":"audit-alice","module":"sales","host":"PC-18"}`)); a.status != http.StatusConflict {
+		t.Fatalf("second login: %d %s", a.status, a.body)
+	}
+	secret := "rt1.not-a-real-token-" + s.ID
+	if a := call(t, "GET", "/v1/sessions", secret, nil); a.status != http.StatusUnauthorized {
+		t.Fatalf("unknown token: %d %s", a.status, a.body)
+	}
+	var page registry.AuditPage
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a := call(t, "GET", "/v1/audit?action=auth_failed&since=2000-01-01T00:00:00Z", adminToken, nil)
+		if a.status != 200 || json.Unmarshal(a.body, &page) != nil {
+			t.Fatalf("audit: %d %s", a.status, a.body)
+		}
+		if len(page.Audit) > 0 {
+			if strings.Contains(string(a.body), secret) {
+				t.Fatalf("the audit log holds the token sent: %s", a.body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no auth_failed record within 5 s: %s", a.body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f := page.Audit[0]
+	if f.Remote != "127.0.0.1" || f.Details["path"] != "/v1/sessions" || f.Details["method"] != "GET" || f.Count != 1 || !strings.Contains(f.Message, "unknown or revoked API token") {
+		t.Fatalf("auth_failed record %+v", f)
+	}
+	a := call(t, "GET", "/v1/audit?user=audit-alice&code=already_logged_in", adminToken, nil)
+	if a.status != 200 || json.Unmarshal(a.body, &page) != nil || len(page.Audit) != 1 {
+		t.Fatalf("refusals of audit-alice: %d %s", a.status, a.body)
+	}
+	if r := page.Audit[0]; r.Action != registry.AuditLoginRefused || r.Remote != "127.0.0.1" || r.Details["host"] != "PC-18" || r.Actor != "admin" {
+		t.Fatalf("refusal record %+v", r)
+	}
+	for _, c := range []struct{ query, code, text string }{
+		{"action=logon", "invalid_argument", "is not an audit action; use one of login, login_refused,"},
+		{"since=yesterday", "invalid_argument", "since"},
+		{"limit=0", "invalid_argument", "limit"},
+		{"reason=killed", "invalid_argument", "reason: is not a query parameter here"},
+	} {
+		a := call(t, "GET", "/v1/audit?"+c.query, adminToken, nil)
+		if a.status != http.StatusBadRequest || !strings.Contains(string(a.body), c.code) || !strings.Contains(string(a.body), c.text) {
+			t.Errorf("GET /v1/audit?%s: %d %s, want 400 %s with %q", c.query, a.status, a.body, c.code, c.text)
 		}
 	}
 }

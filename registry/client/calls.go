@@ -208,24 +208,52 @@ func HistoryQuery(f registry.HistoryFilter) (url.Values, error) {
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("client: HistoryFilter.Limit %d is negative", f.Limit)
 	}
+	return logQuery([][2]string{{"tenant", f.Tenant}, {"user", f.User}, {"module", f.Module}, {"reason", string(f.Reason)},
+		{"cursor", f.Cursor}}, f.Since, f.Until, f.Limit), nil
+}
+
+// Audit returns one page of the audit log, newest first (see
+// registry.AuditFilter); pass NextCursor as f.Cursor for the next page.
+// It needs an operator or admin token.
+func (c *Client) Audit(ctx context.Context, f registry.AuditFilter) (registry.AuditPage, error) {
+	var res registry.AuditPage
+	q, err := AuditQuery(f)
+	if err != nil {
+		return res, err
+	}
+	err = c.callJSON(ctx, c.get("/v1/audit", q), &res)
+	return res, err
+}
+
+// AuditQuery returns the query parameters of GET /v1/audit for f, for
+// callers of Do.
+func AuditQuery(f registry.AuditFilter) (url.Values, error) {
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("client: AuditFilter.Limit %d is negative", f.Limit)
+	}
+	return logQuery([][2]string{{"action", string(f.Action)}, {"actor", f.Actor}, {"tenant", f.Tenant}, {"user", f.User},
+		{"module", f.Module}, {"session", f.Session}, {"code", f.Code}, {"cursor", f.Cursor}}, f.Since, f.Until, f.Limit), nil
+}
+
+// logQuery returns the query parameters of a log's page: the non-empty
+// fields, the time window and the page size.
+func logQuery(fields [][2]string, since, until time.Time, limit int) url.Values {
 	q := url.Values{}
-	for _, kv := range [][2]string{
-		{"tenant", f.Tenant}, {"user", f.User}, {"module", f.Module}, {"reason", string(f.Reason)}, {"cursor", f.Cursor},
-	} {
+	for _, kv := range fields {
 		if kv[1] != "" {
 			q.Set(kv[0], kv[1])
 		}
 	}
-	if !f.Since.IsZero() {
-		q.Set("since", f.Since.UTC().Format(time.RFC3339Nano))
+	if !since.IsZero() {
+		q.Set("since", since.UTC().Format(time.RFC3339Nano))
 	}
-	if !f.Until.IsZero() {
-		q.Set("until", f.Until.UTC().Format(time.RFC3339Nano))
+	if !until.IsZero() {
+		q.Set("until", until.UTC().Format(time.RFC3339Nano))
 	}
-	if f.Limit > 0 {
-		q.Set("limit", strconv.Itoa(f.Limit))
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
 	}
-	return q, nil
+	return q
 }
 
 // PutUser sets the rights of user in tenant, creating the user master entry
