@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"encoding/json"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -107,4 +108,56 @@ func TestLicenseCommands(t *testing.T) {
 	run(1, "license", "set", "sales", "--seats", "-3")
 	run(0, "license", "delete", "sales")
 	run(0, "session", "open", "--user", "dave", "--module", "sales")
+}
+
+// TestAuditCommand: the node's first admin token, a login, a refusal and a
+// failed authentication show up in roster audit, filtered, as a table and
+// as JSON.
+func TestAuditCommand(t *testing.T) {
+	run := singleNode(t)
+	run(0, "license", "set", "sales", "--seats", "1")
+	run(0, "session", "open", "--user", "alice", "--module", "sales", "--host", "PC-17")
+	run(1, "session", "open", "--user", "bob", "--module", "sales", "--host", "PC-18")
+	run(1, "--token", "rt1.not-a-token", "session", "list")
+
+	res := run(0, "audit", "--all", "-o", "json")
+	var page registry.AuditPage
+	if err := json.Unmarshal([]byte(res.Stdout), &page); err != nil {
+		t.Fatalf("audit -o json: %v\n%s", err, res.Stdout)
+	}
+	actions := map[registry.AuditAction]int{}
+	for _, a := range page.Audit {
+		actions[a.Action]++
+	}
+	want := map[registry.AuditAction]int{registry.AuditTokenCreate: 1, registry.AuditLicenseSet: 1, registry.AuditLogin: 1,
+		registry.AuditLoginRefused: 1, registry.AuditAuthFailed: 1}
+	if len(actions) != len(want) {
+		t.Fatalf("actions %v, want %v", actions, want)
+	}
+	for a, n := range want {
+		if actions[a] != n {
+			t.Fatalf("actions %v, want %v", actions, want)
+		}
+	}
+	if first := page.Audit[len(page.Audit)-1]; first.Action != registry.AuditTokenCreate || first.Actor != "node:n1" || first.Target != "admin" {
+		t.Fatalf("the oldest record is %+v, want the node creating the admin token", first)
+	}
+	res = run(0, "audit", "--code", "no_license_seat")
+	lines := strings.Split(strings.TrimSpace(res.Stdout), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "AT") ||
+		!regexp.MustCompile(`^\S+Z\s+login_refused\s+admin\s+default/bob sales\s+127\.0\.0\.1\s+no_license_seat host=PC-18 pool=default no free licence seat`).MatchString(lines[1]) {
+		t.Fatalf("audit --code no_license_seat printed:\n%s", res.Stdout)
+	}
+	res = run(0, "audit", "--action", "auth_failed", "--since", "1h")
+	if !strings.Contains(res.Stdout, "method=GET path=/v1/sessions unauthenticated: unknown or revoked API token") || strings.Contains(res.Stdout, "not-a-token") {
+		t.Fatalf("audit --action auth_failed printed:\n%s", res.Stdout)
+	}
+	res = run(0, "audit", "--limit", "2")
+	if !strings.Contains(res.Stderr, "2 records shown; next page: --cursor") {
+		t.Fatalf("audit --limit 2 printed on stderr:\n%s", res.Stderr)
+	}
+	res = run(2, "audit", "--action", "logon")
+	if !strings.Contains(res.Stderr, `--action "logon": not an audit action; use one of login, login_refused`) {
+		t.Fatalf("audit --action logon printed:\n%s", res.Stderr)
+	}
 }
