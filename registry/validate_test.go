@@ -63,15 +63,18 @@ func TestOpenBadInput(t *testing.T) {
 			}
 		})
 	}
-	// Nothing but the node's alive beacon may be there.
+	// Nothing but the node's alive beacon and the refusals' audit records may be there.
 	resp, err := etcd.Client().Get(ctx, "/roster/v1/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, kv := range resp.Kvs {
-		if string(kv.Key) != "/roster/v1/alive" {
+		if string(kv.Key) != "/roster/v1/alive" && !strings.HasPrefix(string(kv.Key), auditPrefix) {
 			t.Errorf("a bad open left key %s", kv.Key)
 		}
+	}
+	if recs := auditLog(t, r, registry.AuditFilter{Action: registry.AuditLoginRefused, Code: "invalid_argument"}); len(recs) != len(tests) {
+		t.Errorf("%d refusals recorded with code invalid_argument, want %d", len(recs), len(tests))
 	}
 	if n := leaseCount(t); n != 0 {
 		t.Fatalf("bad opens left %d leases", n)
