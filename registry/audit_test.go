@@ -20,18 +20,11 @@ const auditPrefix = "/roster/v1/audit/"
 // auditLog reads every page of the audit log that f selects.
 func auditLog(t *testing.T, r *registry.Registry, f registry.AuditFilter) []registry.AuditRecord {
 	t.Helper()
-	var out []registry.AuditRecord
-	for {
+	return followPages(t, func(cursor string) ([]registry.AuditRecord, string, error) {
+		f.Cursor = cursor
 		page, err := r.Audit(context.Background(), admin, f)
-		if err != nil {
-			t.Fatalf("Audit(%+v): %v", f, err)
-		}
-		out = append(out, page.Audit...)
-		if page.NextCursor == "" {
-			return out
-		}
-		f.Cursor = page.NextCursor
-	}
+		return page.Audit, page.NextCursor, err
+	})
 }
 
 // byAction counts records per action.

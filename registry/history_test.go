@@ -82,17 +82,29 @@ func storedHistory(t *testing.T) map[string]int {
 // allHistory follows the pages of r.History to the end.
 func allHistory(t *testing.T, r *registry.Registry, f registry.HistoryFilter) []registry.HistoryRecord {
 	t.Helper()
-	var out []registry.HistoryRecord
-	for {
+	return followPages(t, func(cursor string) ([]registry.HistoryRecord, string, error) {
+		f.Cursor = cursor
 		page, err := r.History(context.Background(), admin, f)
+		return page.History, page.NextCursor, err
+	})
+}
+
+// followPages reads the pages of a log from the first (cursor "") to the
+// last: read returns the records of a page and the next cursor.
+func followPages[T any](t *testing.T, read func(cursor string) ([]T, string, error)) []T {
+	t.Helper()
+	var out []T
+	cursor := ""
+	for {
+		recs, next, err := read(cursor)
 		if err != nil {
-			t.Fatalf("History(%+v): %v", f, err)
+			t.Fatalf("read the page at cursor %q: %v", cursor, err)
 		}
-		out = append(out, page.History...)
-		if page.NextCursor == "" {
+		out = append(out, recs...)
+		if next == "" {
 			return out
 		}
-		f.Cursor = page.NextCursor
+		cursor = next
 	}
 }
 

@@ -27,20 +27,7 @@ func TestHistoryOverHTTP(t *testing.T) {
 		t.Fatalf("kill: %d %s", a.status, a.body)
 	}
 	var page registry.HistoryPage
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a := call(t, "GET", "/v1/history?user=hist-alice&reason=killed&since=2000-01-01T00:00:00Z", adminToken, nil)
-		if a.status != 200 || json.Unmarshal(a.body, &page) != nil {
-			t.Fatalf("history: %d %s", a.status, a.body)
-		}
-		if len(page.History) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no history record within 5 s: %s", a.body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pollPage(t, "/v1/history?user=hist-alice&reason=killed&since=2000-01-01T00:00:00Z", &page, func() bool { return len(page.History) == 1 })
 	h := page.History[0]
 	if h.ID != s.ID || h.Reason != registry.EndKilled || h.By != "admin" || h.Message != "PC crashed" || h.Host != "PC-17" || page.NextCursor != "" {
 		t.Fatalf("history record %+v", page)
@@ -75,22 +62,9 @@ func TestAuditOverHTTP(t *testing.T) {
 		t.Fatalf("unknown token: %d %s", a.status, a.body)
 	}
 	var page registry.AuditPage
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a := call(t, "GET", "/v1/audit?action=auth_failed&since=2000-01-01T00:00:00Z", adminToken, nil)
-		if a.status != 200 || json.Unmarshal(a.body, &page) != nil {
-			t.Fatalf("audit: %d %s", a.status, a.body)
-		}
-		if len(page.Audit) > 0 {
-			if strings.Contains(string(a.body), secret) {
-				t.Fatalf("the audit log holds the token sent: %s", a.body)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no auth_failed record within 5 s: %s", a.body)
-		}
-		time.Sleep(50 * time.Millisecond)
+	body := pollPage(t, "/v1/audit?action=auth_failed&since=2000-01-01T00:00:00Z", &page, func() bool { return len(page.Audit) > 0 })
+	if strings.Contains(string(body), secret) {
+		t.Fatalf("the audit log holds the token sent: %s", body)
 	}
 	f := page.Audit[0]
 	if f.Remote != "127.0.0.1" || f.Details["path"] != "/v1/sessions" || f.Details["method"] != "GET" || f.Count != 1 || !strings.Contains(f.Message, "unknown or revoked API token") {
@@ -113,5 +87,25 @@ func TestAuditOverHTTP(t *testing.T) {
 		if a.status != http.StatusBadRequest || !strings.Contains(string(a.body), c.code) || !strings.Contains(string(a.body), c.text) {
 			t.Errorf("GET /v1/audit?%s: %d %s, want 400 %s with %q", c.query, a.status, a.body, c.code, c.text)
 		}
+	}
+}
+
+// pollPage GETs path as admin into page until done holds, for at most 5 s,
+// and returns the last answer's body.
+func pollPage(t *testing.T, path string, page any, done func() bool) []byte {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a := call(t, "GET", path, adminToken, nil)
+		if a.status != 200 || json.Unmarshal(a.body, page) != nil {
+			t.Fatalf("GET %s: %d %s", path, a.status, a.body)
+		}
+		if done() {
+			return a.body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: not there within 5 s: %s", path, a.body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
