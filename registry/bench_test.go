@@ -34,6 +34,12 @@ func parallelism(b *testing.B) {
 // single-login compare, record and four index keys), distinct users.
 func BenchmarkOpen(b *testing.B) { benchOpens(b, newRegistry(b)) }
 
+// BenchmarkOpenNoAudit: BenchmarkOpen on a node that keeps no audit log,
+// to show what recording the login in the open's transaction costs.
+func BenchmarkOpenNoAudit(b *testing.B) {
+	benchOpens(b, newRegistry(b, func(c *registry.Config) { c.AuditRetention = 0 }))
+}
+
 // BenchmarkOpenWithSeat: BenchmarkOpen in a module with a licence of
 // MaxSeats seats: each open also takes a seat in its transaction.
 func BenchmarkOpenWithSeat(b *testing.B) {
