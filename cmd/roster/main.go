@@ -96,13 +96,13 @@ var sections = []struct {
 	{"Pools and shutdown requests", []string{"pool", "shutdown"}},
 	{"Licences", []string{"license"}},
 	{"Connections and clean-up", []string{"connection", "policy", "cleanup"}},
-	{"Cluster", []string{"members", "snapshot"}},
+	{"Cluster", []string{"members", "snapshot", "bench"}},
 }
 
 // commands returns the command tree's leaves.
 func commands() []*command {
 	return slices.Concat(sessionCommands(), historyCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(),
-		licenseCommands(), eventCommands(), clusterCommands(), connectionCommands(), policyCommands(), cleanupCommands())
+		licenseCommands(), eventCommands(), clusterCommands(), connectionCommands(), policyCommands(), cleanupCommands(), benchCommands())
 }
 
 func findCommand(path string) *command {
