@@ -106,7 +106,8 @@ func TestBenchCommandLineErrors(t *testing.T) {
 		{"ttl not whole seconds", []string{"bench", "expiry", "--ttl", "1500ms"}, "--ttl 1.5s: must be whole seconds"},
 		{"poll not shorter than ttl", []string{"bench", "expiry", "--ttl", "5s", "--poll", "5s"}, "--poll 5s: must be shorter than --ttl 5s"},
 		{"ttl shorter than a raw round", []string{"bench", "heartbeat", "--baseline", "etcd", etcd, "--duration", "60s", "--ttl", "60s"},
-			"--ttl 1m0s: the sessions are not heartbeated while a raw etcd round runs, so give at least --duration plus 30s (1m30s)"},
+			"--ttl 1m0s: sessions must not expire within a round, so give at least --duration plus 30s (1m30s)"},
+		{"open's ttl shorter than a round", []string{"bench", "open", "--duration", "60s", "--ttl", "60s"}, "--ttl 1m0s: sessions must not expire within a round"},
 		{"module with a slash", []string{"bench", "open", "--module", "a/b"}, `--module "a/b": want a name without '/'`},
 		{"empty module", []string{"bench", "open", "--module", ""}, "--module is empty"},
 		{"unknown mixed operation", []string{"bench", "mixed", "--mix", "open=1,kill=2"}, `unknown operation "kill"; the operations are open, heartbeat, close, list`},
@@ -139,6 +140,8 @@ func TestBenchDefaults(t *testing.T) {
 		{name: "a long round lengthens the TTL", args: []string{"heartbeat", "--baseline", "etcd", "--etcd-endpoints", "http://127.0.0.1:7401", "--duration", "2m"},
 			clients: 64, sessions: 1000, round: 3, ttl: 150 * time.Second},
 		{name: "expiry", args: []string{"expiry"}, sessions: 10, round: 1, ttl: 10 * time.Second},
+		{name: "a long open round lengthens the TTL", args: []string{"open", "--duration", "5m"}, clients: 64, round: 1, ttl: 330 * time.Second},
+		{name: "a long heartbeat round alone does not", args: []string{"heartbeat", "--duration", "5m"}, clients: 64, sessions: 1000, round: 1, ttl: time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,7 +320,7 @@ func TestBenchHelp(t *testing.T) {
 		t.Errorf("roster help:\n%s", stdout)
 	}
 	code, stdout, _ = runCLI(t, nil, "bench", "--help")
-	for _, want := range []string{"roster bench WORKLOAD [flags]", "kill-latency", "--baseline etcd", "--etcd-endpoints URLS", "--mix OP=W"} {
+	for _, want := range []string{"roster bench WORKLOAD [flags]", "kill-latency", "--baseline etcd", "--etcd-endpoints URLS", "--mix OP=W,..."} {
 		if code != exitOK || !strings.Contains(stdout, want) {
 			t.Errorf("bench --help does not contain %q:\n%s", want, stdout)
 		}
