@@ -337,8 +337,12 @@ const setupWorkers = 64
 
 // parallel runs fn(ctx, i) for i in [0, n) on workers goroutines, with
 // progress on stderr, and returns the first error, after which it starts
-// no more calls.
+// no more calls. Cancelling ctx also stops it from starting more, but the
+// calls under way finish (each has its own time limit: fn gets a context
+// that ctx's end does not cancel), so that the caller learns of every
+// session or lease they made and can remove it.
 func (b *bench) parallel(ctx context.Context, what string, n, workers int, fn func(ctx context.Context, i int) error) error {
+	callCtx := context.WithoutCancel(ctx)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var next, done atomic.Int64
@@ -354,7 +358,7 @@ func (b *bench) parallel(ctx context.Context, what string, n, workers int, fn fu
 				if i >= int64(n) {
 					return
 				}
-				if err := fn(ctx, int(i)); err != nil {
+				if err := fn(callCtx, int(i)); err != nil {
 					cancel(fmt.Errorf("%s: %d of %d: %w", what, i+1, n, err))
 					return
 				}
@@ -373,9 +377,6 @@ func (b *bench) bestEffort(ctx context.Context, what string, n int, fn func(ctx 
 	var first atomic.Pointer[error]
 	err := b.parallel(ctx, what, n, setupWorkers, func(ctx context.Context, i int) error {
 		if err := fn(ctx, i); err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
 			failed.Add(1)
 			first.CompareAndSwap(nil, &err)
 		}

@@ -102,12 +102,6 @@ func isGone(err error) bool {
 	return ended || errors.Is(err, client.ErrNotFound)
 }
 
-// rawLease is a lease of the baseline and the client that granted it.
-type rawLease struct {
-	id clientv3.LeaseID
-	k  int
-}
-
 // grantMany grants n leases for a baseline's set-up, each with a key
 // (key(i)) when key is not nil.
 func (b *bench) grantMany(ctx context.Context, n int, key func(i int) string) ([]clientv3.LeaseID, error) {
@@ -499,8 +493,8 @@ func (b *bench) runKill(ctx context.Context) ([]benchResult, error) {
 				if !ok || first.Err() != nil {
 					return fmt.Errorf("watch %s: %v", key(i), first.Err())
 				}
-			case <-ctx.Done():
-				return ctx.Err()
+			case <-wctx.Done():
+				return wctx.Err()
 			}
 			readers.Go(func() {
 				for resp := range wch {
@@ -989,25 +983,19 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 		return s, nil
 	}
 	raw := func(ctx context.Context, round int) (map[string]*sample, error) {
-		var pre []rawLease
+		var pre []clientv3.LeaseID
 		var mu sync.Mutex
 		err := b.parallel(ctx, "raw etcd: opening "+groupDigits(int64(b.f.sessions))+" sessions", b.f.sessions, setupWorkers, func(ctx context.Context, i int) error {
 			id, err := b.raw.open(ctx, i, b.newUser(), b.f.module)
 			if err == nil {
 				mu.Lock()
-				pre = append(pre, rawLease{id, i})
+				pre = append(pre, id)
 				mu.Unlock()
 			}
 			return err
 		})
-		live := &pool[rawLease]{items: pre}
-		defer func() {
-			var ids []clientv3.LeaseID
-			for _, l := range live.all() {
-				ids = append(ids, l.id)
-			}
-			b.revokeLeases(ctx, ids)
-		}()
+		live := &pool[clientv3.LeaseID]{items: pre}
+		defer func() { b.revokeLeases(ctx, live.all()) }()
 		if err != nil {
 			return nil, fmt.Errorf("bench %s: raw etcd set-up: %w", b.wl, err)
 		}
@@ -1028,17 +1016,17 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 				if x, ok := live.pick(rng); ok {
 					ka, err := st.get(w)
 					if err == nil {
-						err = ka.renew(x.id)
+						err = ka.renew(x)
 						st.failed(w, err)
 					}
 					if err != nil && etcdErrorCode(err) == codeNotFound {
-						live.remove(func(y rawLease) bool { return y.id == x.id })
+						live.remove(func(y clientv3.LeaseID) bool { return y == x })
 					}
 					return opResult{phase: op, err: err}
 				}
 			case "close":
 				if x, ok := live.take(rng); ok {
-					return opResult{phase: op, err: b.raw.revoke(ctx, w, x.id)}
+					return opResult{phase: op, err: b.raw.revoke(ctx, w, x)}
 				}
 			case "list":
 				_, err := b.raw.page(ctx, w, start, end, b.f.pageSize)
@@ -1046,7 +1034,7 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 			}
 			id, err := b.raw.open(ctx, w, b.newUser(), b.f.module)
 			if err == nil {
-				live.add(rawLease{id, w})
+				live.add(id)
 			}
 			return opResult{phase: "open", err: err}
 		}), nil
