@@ -260,13 +260,19 @@ func TestBenchBaseline(t *testing.T) {
 		ok("list "+r.Phase+" etcd", r.Etcd, 12)
 	}
 
-	rep = bench("mixed", "--sessions", "20", "--total", "100", "--clients", "4", "--rounds", "1")
+	// Even weights: each kind surely gets some of the 100 operations.
+	rep = bench("mixed", "--sessions", "20", "--total", "100", "--clients", "4", "--rounds", "1", "--mix", "open=1,heartbeat=1,close=1,list=1")
 	phases := map[string]*benchSide{}
 	for _, r := range rep.Results {
 		phases[r.Phase] = r.Roster
 	}
 	ok("mixed all roster", phases["all"], 100)
 	ok("mixed all etcd", rep.Results[0].Etcd, 100)
+	for _, r := range rep.Results {
+		if want := map[bool]string{true: "throughput", false: "p50_latency"}[r.Phase == "all"]; r.RatioOf != want {
+			t.Errorf("mixed %s: ratio of %q, want %q", r.Phase, r.RatioOf, want)
+		}
+	}
 	if sum := phases["open"].Ops + phases["heartbeat"].Ops + phases["close"].Ops + phases["list"].Ops; sum != 100 {
 		t.Errorf("mixed: the kinds add up to %d operations, want 100 (%v)", sum, slices.Collect(maps.Keys(phases)))
 	}

@@ -130,9 +130,9 @@ Workloads:
 Each workload runs --rounds rounds. With --baseline etcd each round also does the same
 work directly on the cluster's etcd, with the same concurrency, alternating which goes
 first; every result then has a ratio (Roster / raw etcd, the median of the per-round
-ratios): of throughput for open, heartbeat, batch-heartbeat, list and mixed (below 1:
-Roster does fewer per second), of p50 latency for kill-latency and expiry (above 1:
-Roster takes longer). The raw work:
+ratios): of throughput for open, heartbeat, batch-heartbeat, list and mixed as a whole
+(below 1: Roster does fewer per second), of p50 latency for kill-latency, expiry and
+each kind of operation of mixed (above 1: Roster takes longer). The raw work:
   open             Grant + one Txn: single-login compare, a session-sized record and
                    five index entries on the lease
   heartbeat        one renewal on a long-lived LeaseKeepAlive stream per worker

@@ -106,6 +106,10 @@ type resultSpec struct {
 	rawLatency string
 	perItem    bool // throughput counts items (sessions renewed), not operations
 	ratioOf    string
+	// kindRatioOf, when set, is what the ratio is of for the phases other
+	// than "all" (mixed: each kind's share of the throughput is fixed by
+	// the mix, so its latency says more).
+	kindRatioOf string
 }
 
 var ratioMeanings = map[string]string{
@@ -225,8 +229,12 @@ func summarize(spec resultSpec, phases []string, ours, raw []map[string]*sample)
 		if raw != nil {
 			res.Latency += "; raw etcd: " + spec.rawLatency
 			res.Etcd = sideOf(pick(raw), spec)
-			res.RatioOf, res.RatioMeans = spec.ratioOf, ratioMeanings[spec.ratioOf]
-			if r, ok := ratioOf(res.Roster, res.Etcd, spec.ratioOf); ok {
+			of := spec.ratioOf
+			if spec.kindRatioOf != "" && ph != "all" {
+				of = spec.kindRatioOf
+			}
+			res.RatioOf, res.RatioMeans = of, ratioMeanings[of]
+			if r, ok := ratioOf(res.Roster, res.Etcd, of); ok {
 				res.Ratio = &r
 			}
 		}
@@ -316,8 +324,21 @@ func (r *benchReport) printTable(w io.Writer) {
 		if r.Results[0].Unit != "" {
 			fmt.Fprintf(w, "throughput: successful %s, median over the rounds\n", r.Results[0].Unit)
 		}
-		if res := r.Results[0]; res.RatioMeans != "" {
-			fmt.Fprintf(w, "ratio: %s\n", res.RatioMeans)
+		var meanings []string
+		for _, res := range r.Results {
+			if res.RatioMeans != "" && !slices.Contains(meanings, res.RatioMeans) {
+				meanings = append(meanings, res.RatioMeans)
+			}
+		}
+		for i, m := range meanings {
+			if len(meanings) > 1 {
+				m = fmt.Sprintf("%s (%s)", m, ratioRows(r.Results, m))
+			}
+			if i == 0 {
+				fmt.Fprintf(w, "ratio: %s\n", m)
+			} else {
+				fmt.Fprintf(w, "       %s\n", m)
+			}
 		}
 	}
 	for _, res := range r.Results {
@@ -335,6 +356,17 @@ func (r *benchReport) printTable(w io.Writer) {
 	if r.Interrupted {
 		fmt.Fprintln(w, "interrupted: the figures above are partial")
 	}
+}
+
+// ratioRows names the phases whose ratio has the meaning m.
+func ratioRows(results []benchResult, m string) string {
+	var phases []string
+	for _, res := range results {
+		if res.RatioMeans == m {
+			phases = append(phases, cell(res.Phase))
+		}
+	}
+	return strings.Join(phases, ", ")
 }
 
 // formatCodes writes error counts as "code n, code n", the most frequent first.

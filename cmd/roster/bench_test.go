@@ -284,6 +284,19 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("p50 ratio %v, want 3", res[0].Ratio)
 	}
 
+	// mixed: throughput for all, p50 latency for each kind.
+	mixed := func(rounds []map[string]*sample) []map[string]*sample {
+		var out []map[string]*sample
+		for _, r := range rounds {
+			out = append(out, map[string]*sample{"all": r[""], "open": r[""]})
+		}
+		return out
+	}
+	res = summarize(resultSpec{workload: wlMixed, unit: "ops/s", ratioOf: ratioThroughput, kindRatioOf: ratioP50}, []string{"all", "open"}, mixed(ours), mixed(raw))
+	if res[0].RatioOf != ratioThroughput || *res[0].Ratio != 0.5 || res[1].RatioOf != ratioP50 || *res[1].Ratio != 3 {
+		t.Errorf("mixed: ratios %v of %s and %v of %s", *res[0].Ratio, res[0].RatioOf, *res[1].Ratio, res[1].RatioOf)
+	}
+
 	res = summarize(resultSpec{workload: wlOpen, unit: "ops/s", ratioOf: ratioThroughput}, []string{""}, ours, nil)
 	if res[0].Etcd != nil || res[0].Ratio != nil {
 		t.Errorf("without a baseline: %+v", res[0])

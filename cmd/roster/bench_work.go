@@ -323,9 +323,12 @@ func (b *bench) runBatch(ctx context.Context) ([]benchResult, error) {
 		return nil, fmt.Errorf("bench %s: set-up: register a shared connection: %w", b.wl, err)
 	}
 	defer func() {
+		if b.f.keep {
+			return // its sessions stay: the connection expires with its TTL
+		}
 		ctx, cancel := cleanupCtx(ctx)
 		defer cancel()
-		if _, err := admin.Do(ctx, http.MethodDelete, "/v1/connections/"+url.PathEscape(conn.ID), nil, nil); err != nil && !b.f.keep {
+		if _, err := admin.Do(ctx, http.MethodDelete, "/v1/connections/"+url.PathEscape(conn.ID), nil, nil); err != nil {
 			fmt.Fprintf(b.stderr, "roster: bench: delete connection %s: %v\n", conn.ID, err)
 		}
 	}()
@@ -856,7 +859,8 @@ func (b *bench) listPage(ctx context.Context, c *client.Client, q url.Values) (s
 	return page.NextCursor, len(page.Sessions), nil
 }
 
-// pool holds the live sessions (or leases) of the mixed workload.
+// pool holds the live sessions (or leases) of the mixed workload. An
+// operation takes its item out while it works on it.
 type pool[T any] struct {
 	mu    sync.Mutex
 	items []T
@@ -866,17 +870,6 @@ func (p *pool[T]) add(x T) {
 	p.mu.Lock()
 	p.items = append(p.items, x)
 	p.mu.Unlock()
-}
-
-// pick returns a random item, leaving it in the pool.
-func (p *pool[T]) pick(rng *rand.Rand) (T, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var zero T
-	if len(p.items) == 0 {
-		return zero, false
-	}
-	return p.items[rng.IntN(len(p.items))], true
 }
 
 // take removes a random item and returns it.
@@ -892,13 +885,6 @@ func (p *pool[T]) take(rng *rand.Rand) (T, bool) {
 	p.items[i] = p.items[len(p.items)-1]
 	p.items = p.items[:len(p.items)-1]
 	return x, true
-}
-
-// remove removes the items for which drop is true.
-func (p *pool[T]) remove(drop func(T) bool) {
-	p.mu.Lock()
-	p.items = slices.DeleteFunc(p.items, drop)
-	p.mu.Unlock()
 }
 
 func (p *pool[T]) all() []T {
@@ -937,7 +923,7 @@ func (b *bench) rngs() []*rand.Rand {
 
 // runMixed: opens, heartbeats, logouts and listings at once in the
 // proportions of --mix, among --sessions sessions opened first (each
-// round anew); a heartbeat or logout with no session left opens one.
+// round anew); a heartbeat or logout with no session free opens one.
 func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 	choose := b.chooser()
 	listQuery := url.Values{"limit": {strconv.Itoa(b.f.pageSize)}, "module": {b.f.module}}
@@ -957,10 +943,11 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 			c, rng := b.api[w%len(b.api)], rngs[w]
 			switch op := choose(rng); op {
 			case "heartbeat":
-				if s, ok := live.pick(rng); ok {
+				// Taken out while in use, so that no logout races the heartbeat.
+				if s, ok := live.take(rng); ok {
 					_, err := c.Heartbeat(ctx, s.id, s.token)
-					if isGone(err) {
-						live.remove(func(x apiSession) bool { return x.id == s.id })
+					if !isGone(err) {
+						live.add(s)
 					}
 					return opResult{phase: op, err: err}
 				}
@@ -1013,14 +1000,14 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 			rng := rngs[w]
 			switch op := choose(rng); op {
 			case "heartbeat":
-				if x, ok := live.pick(rng); ok {
+				if x, ok := live.take(rng); ok {
 					ka, err := st.get(w)
 					if err == nil {
 						err = ka.renew(x)
 						st.failed(w, err)
 					}
-					if err != nil && etcdErrorCode(err) == codeNotFound {
-						live.remove(func(y clientv3.LeaseID) bool { return y == x })
+					if err == nil || etcdErrorCode(err) != codeNotFound {
+						live.add(x)
 					}
 					return opResult{phase: op, err: err}
 				}
@@ -1047,7 +1034,7 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 			phases = append(phases, op)
 		}
 	}
-	spec := resultSpec{workload: wlMixed, unit: "ops/s", ratioOf: ratioThroughput,
+	spec := resultSpec{workload: wlMixed, unit: "ops/s", ratioOf: ratioThroughput, kindRatioOf: ratioP50,
 		latency: "one operation of its kind (all: any)", rawLatency: "Grant + Txn, a renewal on a keepalive stream, Revoke, a range read"}
 	return summarize(spec, phases, ours1, raw1), err
 }
