@@ -1,7 +1,8 @@
 // Command roster runs a Roster node (roster serve) and is the command-line
 // client of the Roster HTTP API (docs/api.md): it opens, lists and kills
-// sessions, manages users' rights and API tokens, lists the cluster's nodes
-// and saves and restores etcd snapshots.
+// sessions, manages users' rights and API tokens, lists the cluster's nodes,
+// saves and restores etcd snapshots, and measures a running cluster (roster
+// bench).
 package main
 
 import (
