@@ -1,7 +1,8 @@
 // Command roster runs a Roster node (roster serve) and is the command-line
 // client of the Roster HTTP API (docs/api.md): it opens, lists and kills
-// sessions, manages users' rights and API tokens, lists the cluster's nodes
-// and saves and restores etcd snapshots.
+// sessions, manages users' rights and API tokens, lists the cluster's nodes,
+// saves and restores etcd snapshots, and measures a running cluster (roster
+// bench).
 package main
 
 import (
@@ -97,13 +98,14 @@ var sections = []struct {
 	{"Licences", []string{"license"}},
 	{"Connections and clean-up", []string{"connection", "policy", "cleanup"}},
 	{"Audit log", []string{"audit"}},
-	{"Cluster", []string{"members", "snapshot"}},
+	{"Cluster", []string{"members", "snapshot", "bench"}},
 }
 
 // commands returns the command tree's leaves.
 func commands() []*command {
 	return slices.Concat(sessionCommands(), historyCommands(), userCommands(), tokenCommands(), poolCommands(), shutdownCommands(),
-		licenseCommands(), eventCommands(), clusterCommands(), connectionCommands(), policyCommands(), cleanupCommands(), auditCommands())
+		licenseCommands(), eventCommands(), clusterCommands(), connectionCommands(), policyCommands(), cleanupCommands(), auditCommands(),
+		benchCommands())
 }
 
 func findCommand(path string) *command {
