@@ -1,0 +1,197 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/roster-dev/roster/e2e"
+)
+
+// figuresDoc, when set, is the Markdown file whose figures section
+// BenchmarkClusterFigures rewrites (between figuresBegin and figuresEnd).
+var figuresDoc = flag.String("figures-doc", "", "BenchmarkClusterFigures: rewrite the figures section of this Markdown file")
+
+const (
+	figuresBegin = "<!-- cluster-figures:begin (written by ./perf.sh; do not edit by hand) -->"
+	figuresEnd   = "<!-- cluster-figures:end -->"
+)
+
+// figureRun is one roster bench run of the figures: a row group of the table.
+type figureRun struct {
+	name string   // what the rows show
+	args []string // after "bench"
+	// target says what issue 6 asks of the rows.
+	target string
+}
+
+// figureRuns are the workloads of the figures table. FIGURES_QUICK=1 makes
+// every run small and short, to check the runner itself (its figures mean
+// nothing).
+func figureRuns() []figureRun {
+	d, listSessions, storm, streams := "10s", "100000", "10000", "1000"
+	if os.Getenv("FIGURES_QUICK") == "1" {
+		d, listSessions, storm, streams = "2s", "2000", "500", "100"
+	}
+	return []figureRun{
+		{"open", []string{"open", "--clients", "64", "--duration", d}, "throughput ratio ≥ 0.9"},
+		{"heartbeat", []string{"heartbeat", "--sessions", "1000", "--clients", "64", "--duration", d}, "throughput ratio ≥ 0.6"},
+		{"batch-heartbeat", []string{"batch-heartbeat", "--sessions", "10000", "--duration", d}, "—"},
+		{"kill-latency", []string{"kill-latency", "--sessions", streams, "--clients", "8"}, "Roster p99 ≤ 50 ms"},
+		{"expiry", []string{"expiry", "--sessions", "100", "--ttl", "10s"}, "Roster p99 ≤ TTL + 2 s = 12 s"},
+		{"expiry, leader change", []string{"expiry", "--sessions", "100", "--ttl", "10s", "--leader-change"}, "Roster p99 ≤ 12 s"},
+		{"expiry, " + storm + " at once", []string{"expiry", "--sessions", storm, "--ttl", "10s", "--poll", "500ms"}, "Roster p99 ≤ 12 s"},
+		{"mixed", []string{"mixed", "--clients", "64", "--duration", d}, "—"},
+		// Last, and kept open: the node RSS and the database size are read with them.
+		{"list, " + listSessions + " sessions", []string{"list", "--sessions", listSessions, "--clients", "8", "--duration", d, "--keep"}, "filtered page p99 ≤ 100 ms"},
+	}
+}
+
+// BenchmarkClusterFigures runs roster bench with the raw etcd baseline for
+// every workload (figureRuns) against one 3-node cluster of real processes on loopback,
+// 3 interleaved rounds each, and prints the table of medians and ratios;
+// with -figures-doc it also rewrites that file's figures section. Each
+// node's RSS and the etcd database size are taken after the list run, with
+// its sessions still open. ./perf.sh runs it:
+//
+//	go test -run '^$' -bench ClusterFigures -benchtime 1x -timeout 4h ./e2e/ -args -figures-doc "$PWD/docs/performance.md"
+func BenchmarkClusterFigures(b *testing.B) {
+	c := e2e.StartCluster(b, bin, 3, "--bootstrap-expect", "3")
+	var etcdURLs []string
+	for _, n := range c.Nodes() {
+		etcdURLs = append(etcdURLs, "http://"+n.Etcd)
+	}
+	env := []string{"ROSTER_ENDPOINTS=" + strings.Join(c.URLs(), ","), "ROSTER_TOKEN=" + c.Token()}
+	var table bytes.Buffer
+	fmt.Fprintf(&table, "%s\n\n", figuresBegin)
+	fmt.Fprintf(&table, "Measured %s on 3 nodes on loopback (this 2-core machine, shared), %d rounds each, Roster and raw etcd interleaved; medians of the rounds.\n\n",
+		time.Now().UTC().Format("2006-01-02"), 3)
+	fmt.Fprintln(&table, "| workload | phase | Roster | raw etcd | ratio | Roster p50 / p99 / max | raw p50 / p99 | errors | target |")
+	fmt.Fprintln(&table, "|---|---|---|---|---|---|---|---|---|")
+	var resources string
+	for range b.N {
+		for _, fr := range figureRuns() {
+			args := append([]string{"bench"}, fr.args...)
+			args = append(args, "--baseline", "etcd", "--etcd-endpoints", strings.Join(etcdURLs, ","), "--rounds", "3", "-o", "json")
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
+			b.Logf("roster %s", strings.Join(args, " "))
+			res, err := bin.Run(ctx, c.Nodes()[0].Dir, env, args...)
+			cancel()
+			if err != nil || res.ExitCode != 0 {
+				b.Fatalf("roster %s: %v, exit %d\n%s", strings.Join(args, " "), err, res.ExitCode, res.Stderr)
+			}
+			var rep benchJSON
+			if err := json.Unmarshal([]byte(res.Stdout), &rep); err != nil {
+				b.Fatalf("roster %s: %v\n%s", strings.Join(args, " "), err, res.Stdout)
+			}
+			for _, r := range rep.Results {
+				table.WriteString(figureRow(fr, r.Phase, r.Unit, r.Roster, r.Etcd, r.Ratio, r.RatioOf))
+			}
+			if strings.HasPrefix(fr.name, "list") {
+				resources = clusterResources(b, c, etcdURLs)
+			}
+		}
+	}
+	fmt.Fprintf(&table, "\n%s\n\n%s\n", resources, figuresEnd)
+	fmt.Println(table.String())
+	if *figuresDoc != "" {
+		if err := spliceFigures(*figuresDoc, table.String()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// figureRow is one row of the figures table.
+func figureRow(fr figureRun, phase, unit string, ours, raw *benchSide, ratio *float64, ratioOf string) string {
+	thr := func(s *benchSide) string {
+		if s == nil || unit == "" {
+			return "—"
+		}
+		return fmt.Sprintf("%s %s", strconv.FormatFloat(s.Throughput, 'f', 0, 64), unit)
+	}
+	lat := func(s *benchSide, withMax bool) string {
+		if s == nil || s.Latency == nil {
+			return "—"
+		}
+		l := s.Latency
+		if withMax {
+			return fmt.Sprintf("%.1f / %.1f / %.1f ms", l.P50, l.P99, l.Max)
+		}
+		return fmt.Sprintf("%.1f / %.1f ms", l.P50, l.P99)
+	}
+	r := "—"
+	if ratio != nil {
+		r = fmt.Sprintf("%.2f (%s)", *ratio, strings.ReplaceAll(ratioOf, "_", " "))
+	}
+	errs := "0"
+	if ours != nil && ours.Errors > 0 {
+		errs = fmt.Sprintf("%d of %d", ours.Errors, ours.Ops)
+		for code, n := range ours.ErrorsByCode {
+			errs += fmt.Sprintf(" %s:%d", code, n)
+		}
+	}
+	if phase == "" {
+		phase = "—"
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", fr.name, phase, thr(ours), thr(raw), r, lat(ours, true), lat(raw, false), errs, fr.target)
+}
+
+// clusterResources reports each node's resident memory and the etcd
+// database size of every member, as etcd's status reports it.
+func clusterResources(b *testing.B, c *e2e.Cluster, etcdURLs []string) string {
+	var parts []string
+	for _, n := range c.Nodes() {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.PID()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				kb, _ := strconv.Atoi(strings.Fields(line)[1])
+				parts = append(parts, fmt.Sprintf("%s %d MiB", n.Name, kb/1024))
+			}
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcdURLs, DialTimeout: 5 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cli.Close()
+	var dbs []string
+	for _, u := range etcdURLs {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		st, err := cli.Status(ctx, u)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		dbs = append(dbs, fmt.Sprintf("%d MiB (in use %d MiB)", st.DbSize>>20, st.DbSizeInUse>>20))
+	}
+	db := strings.Join(dbs, ", ")
+	return fmt.Sprintf("With the list run's sessions open: node RSS %s (target ≤ 1 GiB each); etcd database %s (target ≤ 300 MiB).", strings.Join(parts, ", "), db)
+}
+
+// spliceFigures replaces the figures section of the Markdown file path
+// with section (which holds its own markers).
+func spliceFigures(path, section string) error {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(doc)
+	i, j := strings.Index(s, figuresBegin), strings.Index(s, figuresEnd)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s has no figures section (%q … %q)", path, figuresBegin, figuresEnd)
+	}
+	s = s[:i] + strings.TrimRight(section, "\n") + s[j+len(figuresEnd):]
+	return os.WriteFile(path, []byte(s), 0o644)
+}
