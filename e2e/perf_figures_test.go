@@ -66,6 +66,9 @@ func figureRuns() []figureRun {
 //	go test -run '^$' -bench ClusterFigures -benchtime 1x -timeout 4h ./e2e/ -args -figures-doc "$PWD/docs/performance.md"
 func BenchmarkClusterFigures(b *testing.B) {
 	c := e2e.StartCluster(b, bin, 3, "--bootstrap-expect", "3")
+	wctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	c.WaitFor(wctx, "3 voters", c.Formed(3, 0))
+	cancel()
 	var etcdURLs []string
 	for _, n := range c.Nodes() {
 		etcdURLs = append(etcdURLs, "http://"+n.Etcd)
