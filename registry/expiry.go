@@ -3,11 +3,13 @@ package registry
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -51,13 +53,17 @@ func (r *Registry) watchSessions(ctx context.Context) {
 				r.log.Warn("session watch broke; resuming", "error", err)
 				break
 			}
+			// Every ended session leaves the cache first, so none is served
+			// as live while the tombstones are written.
+			var ended []deletion
 			for _, ev := range resp.Events {
 				r.evict(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix), ev.Kv.ModRevision)
 				if ev.PrevKv != nil {
-					r.recordExpiry(ctx, ev.PrevKv)
+					ended = append(ended, deletion{ev.PrevKv, ev.Kv.ModRevision})
 				}
 				next = ev.Kv.ModRevision + 1
 			}
+			r.recordExpiries(ctx, ended)
 			r.watched.advance(next - 1)
 		}
 		r.watched.clearStream()
@@ -130,30 +136,109 @@ func (r *Registry) waitWatched(ctx context.Context, rev int64) bool {
 	}
 }
 
-func (r *Registry) recordExpiry(ctx context.Context, prev *mvccpb.KeyValue) {
-	rec, err := decodeRecord(prev)
-	if err != nil {
-		r.log.Warn("undecodable session record in expiry watch", "error", err)
+// expiryBatch is how many tombstones one transaction of recordExpiries
+// writes, and expiryWriters how many such transactions run at once.
+const (
+	expiryBatch   = maxTxnOps
+	expiryWriters = 8
+)
+
+// recordExpiries writes an "expired" tombstone for each deleted session
+// record in prevs that has none: logout and kill wrote theirs in the
+// transaction that deleted the keys, so a session without one ran out of
+// lease. Each tombstone is put only if absent (every node's watch tries),
+// up to expiryBatch in one transaction, expiryWriters transactions at once,
+// so a storm of thousands of expiries takes a few round trips, not one each.
+func (r *Registry) recordExpiries(ctx context.Context, dels []deletion) {
+	if len(dels) == 0 {
 		return
 	}
+	dels = r.withoutTombstones(ctx, dels)
+	at := time.Now().UTC().Truncate(time.Second)
+	var tombs []tombstone
+	for _, d := range dels {
+		rec, err := decodeRecord(d.prev)
+		if err != nil {
+			r.log.Warn("undecodable session record in expiry watch", "error", err)
+			continue
+		}
+		tombs = append(tombs, tombstoneOf(rec, Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: at}))
+	}
+	sem := make(chan struct{}, expiryWriters)
+	var wg sync.WaitGroup
+	for len(tombs) > 0 {
+		batch := tombs[:min(expiryBatch, len(tombs))]
+		tombs = tombs[len(batch):]
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := r.putTombstones(ctx, batch); err != nil {
+				r.log.Warn("write expiry tombstones failed", "sessions", len(batch), "error", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// deletion is a session record deleted at revision rev.
+type deletion struct {
+	prev *mvccpb.KeyValue
+	rev  int64
+}
+
+// withoutTombstones drops the deletions whose session had a tombstone at
+// the deletion's revision: a logout, kill or other end writes it in the
+// transaction that deletes the keys. It reads this member's store as of each
+// deletion, up to expiryBatch in one read, so a tombstone deleted since
+// (its lease revoked) still counts. Where that read fails it keeps the
+// deletions, and the create-only put decides as of now.
+func (r *Registry) withoutTombstones(ctx context.Context, dels []deletion) []deletion {
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	// Logout and kill have written a tombstone already; a local read
-	// spares them a second write.
-	if resp, err := r.cli.Get(cctx, tombstoneKey(rec.ID), clientv3.WithSerializable(), clientv3.WithCountOnly()); err == nil && resp.Count > 0 {
-		return
+	var out []deletion
+	for len(dels) > 0 {
+		batch := dels[:min(expiryBatch, len(dels))]
+		dels = dels[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, d := range batch {
+			ops[i] = clientv3.OpGet(tombstoneKey(strings.TrimPrefix(string(d.prev.Key), sessionsPrefix)),
+				clientv3.WithRev(d.rev), clientv3.WithCountOnly(), clientv3.WithSerializable())
+		}
+		resp, err := r.cli.Txn(cctx).Then(ops...).Commit()
+		if err != nil {
+			out = append(out, batch...)
+			continue
+		}
+		for i, rr := range resp.Responses {
+			if rr.GetResponseRange().Count == 0 {
+				out = append(out, batch[i])
+			}
+		}
 	}
-	tl, err := r.tombstoneLease(cctx, false)
-	if err != nil {
-		r.log.Warn("no lease for an expiry tombstone", "session-id", rec.ID, "error", err)
-		return
-	}
-	val, _ := json.Marshal(tombstoneOf(rec, Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: time.Now().UTC().Truncate(time.Second)}))
-	_, err = r.cli.Txn(cctx).
-		If(clientv3.Compare(clientv3.CreateRevision(tombstoneKey(rec.ID)), "=", 0)).
-		Then(clientv3.OpPut(tombstoneKey(rec.ID), string(val), clientv3.WithLease(tl))).
-		Commit()
-	if err != nil {
-		r.log.Warn("write expiry tombstone failed", "session-id", rec.ID, "error", err)
+	return out
+}
+
+// putTombstones puts each tombstone unless its session has one, in one
+// transaction, on the shared tombstone lease (a fresh one if it ran out).
+func (r *Registry) putTombstones(ctx context.Context, tombs []tombstone) error {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		tl, err := r.tombstoneLease(cctx, attempt > 0)
+		if err != nil {
+			return err
+		}
+		ops := make([]clientv3.Op, len(tombs))
+		for i := range tombs {
+			key := tombstoneKey(tombs[i].ID)
+			val, _ := json.Marshal(tombs[i])
+			ops[i] = clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+				[]clientv3.Op{clientv3.OpPut(key, string(val), clientv3.WithLease(tl))}, nil)
+		}
+		_, err = r.cli.Txn(cctx).Then(ops...).Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+			continue
+		}
+		return err
 	}
 }

@@ -428,3 +428,62 @@ func TestTokenNameReuseInheritsNothing(t *testing.T) {
 		t.Fatalf("Get = %+v, %v", got, err)
 	}
 }
+
+// TestExpiryStorm: 1,000 sessions whose clients all stop at once, watched by
+// two nodes, each get exactly one "expired" tombstone; a logout among them
+// keeps its "closed" one, even once its tombstone's lease is revoked before
+// the watches handle the deletion.
+func TestExpiryStorm(t *testing.T) {
+	r1 := newRegistry(t)
+	newRegistry(t, func(c *registry.Config) { c.Node = "n2" })
+	ctx := context.Background()
+	const n = 1000
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			s, err := r1.Open(ctx, admin, registry.OpenRequest{User: fmt.Sprintf("storm%d", i), Module: "m", TTLSeconds: 1})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = s.ID
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	closed := open(t, r1, admin, registry.OpenRequest{User: "leaver", Module: "m", TTLSeconds: 60})
+	if _, err := r1.Logout(ctx, admin, closed.ID); err != nil {
+		t.Fatal(err)
+	}
+	tomb, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/"+closed.ID)
+	if err != nil || len(tomb.Kvs) != 1 {
+		t.Fatalf("the logout's tombstone: %v %v", tomb, err)
+	}
+	if _, err := etcd.Client().Revoke(ctx, clientv3.LeaseID(tomb.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "every session's expired tombstone", func() bool {
+		resp, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == n
+	})
+	resp, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if kv.Version != 1 || !strings.Contains(string(kv.Value), `"reason":"expired"`) || !strings.Contains(string(kv.Value), `"by":"lease"`) {
+			t.Fatalf("tombstone %s (version %d): %s", kv.Key, kv.Version, kv.Value)
+		}
+		if strings.HasSuffix(string(kv.Key), closed.ID) {
+			t.Fatalf("the closed session, whose tombstone was revoked, got an expired one")
+		}
+	}
+	for _, id := range ids[:10] {
+		if _, err := r1.Get(ctx, admin, id); !errors.Is(err, registry.ErrSessionEnded) {
+			t.Fatalf("get of an expired session: %v", err)
+		}
+	}
+}
