@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -142,7 +144,18 @@ func TestHistoryExactlyOnceAcrossKills(t *testing.T) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the history holds %d records of %d ended sessions (last error: %v)", len(records), len(want), lastErr)
+			recorded := map[string]bool{}
+			for _, h := range records {
+				recorded[h.ID] = true
+			}
+			var missing []string
+			for id, reason := range want {
+				if !recorded[id] {
+					missing = append(missing, fmt.Sprintf("%s (%s)", id, reason))
+				}
+			}
+			slices.Sort(missing)
+			t.Fatalf("the history holds %d records of %d ended sessions (last error: %v); missing: %s", len(records), len(want), lastErr, strings.Join(missing[:min(len(missing), 20)], ", "))
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
