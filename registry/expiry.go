@@ -149,6 +149,7 @@ const (
 // lease. Each tombstone is put only if absent (every node's watch tries),
 // up to expiryBatch in one transaction, expiryWriters transactions at once,
 // so a storm of thousands of expiries takes a few round trips, not one each.
+// A failed transaction is tried again until it works or ctx ends.
 func (r *Registry) recordExpiries(ctx context.Context, dels []deletion) {
 	if len(dels) == 0 {
 		return
@@ -172,8 +173,22 @@ func (r *Registry) recordExpiries(ctx context.Context, dels []deletion) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := r.putTombstones(ctx, batch); err != nil {
-				r.log.Warn("write expiry tombstones failed", "sessions", len(batch), "error", err)
+			// A lost tombstone is a lost end: the history and the event
+			// streams learn of an expiry from it. Puts are create-only, so
+			// trying again until it works never writes one twice.
+			for attempt := 0; ; attempt++ {
+				err := r.putTombstones(ctx, batch)
+				if err == nil || ctx.Err() != nil {
+					return
+				}
+				if attempt == 0 {
+					r.log.Warn("write expiry tombstones failed; trying again until it works", "sessions", len(batch), "error", err)
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(500 * time.Millisecond):
+				}
 			}
 		})
 	}

@@ -430,13 +430,26 @@ func TestTokenNameReuseInheritsNothing(t *testing.T) {
 }
 
 // TestExpiryStorm: 1,000 sessions whose clients all stop at once, watched by
-// two nodes, each get exactly one "expired" tombstone; a logout among them
-// keeps its "closed" one, even once its tombstone's lease is revoked before
+// two nodes, each get exactly one "expired" tombstone; a logout before them
+// gets no "expired" one, even when its tombstone's lease is revoked before
 // the watches handle the deletion.
 func TestExpiryStorm(t *testing.T) {
 	r1 := newRegistry(t)
 	newRegistry(t, func(c *registry.Config) { c.Node = "n2" })
 	ctx := context.Background()
+	// First, before any expiry tombstone shares its lease: a logout whose
+	// tombstone's lease is revoked at once.
+	closed := open(t, r1, admin, registry.OpenRequest{User: "leaver", Module: "m", TTLSeconds: 60})
+	if _, err := r1.Logout(ctx, admin, closed.ID); err != nil {
+		t.Fatal(err)
+	}
+	tomb, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/"+closed.ID)
+	if err != nil || len(tomb.Kvs) != 1 {
+		t.Fatalf("the logout's tombstone: %v %v", tomb, err)
+	}
+	if _, err := etcd.Client().Revoke(ctx, clientv3.LeaseID(tomb.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
 	const n = 1000
 	ids := make([]string, n)
 	var wg sync.WaitGroup
@@ -455,17 +468,6 @@ func TestExpiryStorm(t *testing.T) {
 	wg.Wait()
 	if t.Failed() {
 		t.FailNow()
-	}
-	closed := open(t, r1, admin, registry.OpenRequest{User: "leaver", Module: "m", TTLSeconds: 60})
-	if _, err := r1.Logout(ctx, admin, closed.ID); err != nil {
-		t.Fatal(err)
-	}
-	tomb, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/"+closed.ID)
-	if err != nil || len(tomb.Kvs) != 1 {
-		t.Fatalf("the logout's tombstone: %v %v", tomb, err)
-	}
-	if _, err := etcd.Client().Revoke(ctx, clientv3.LeaseID(tomb.Kvs[0].Lease)); err != nil {
-		t.Fatal(err)
 	}
 	eventually(t, 60*time.Second, "every session's expired tombstone", func() bool {
 		resp, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/", clientv3.WithPrefix(), clientv3.WithCountOnly())
