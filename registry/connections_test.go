@@ -377,7 +377,10 @@ func TestBatchHeartbeat10000(t *testing.T) {
 	_, app := token(t, r, "app-1", registry.RoleClient)
 	_, other := token(t, r, "app-2", registry.RoleClient)
 	allow(t, r, "default", []string{"web-user"}, []string{"web"}, registry.RightMultiLogin)
-	conn := register(t, r, app, registry.ConnectionRequest{Service: "web", TTLSeconds: 60})
+	// TTLs of 10 minutes: opening 10,000 sessions under -race on a busy
+	// machine has taken over a minute.
+	const ttl = 600
+	conn := register(t, r, app, registry.ConnectionRequest{Service: "web", TTLSeconds: ttl})
 	const n = registry.MaxBatchSessions - 2
 	ids := make([]string, n)
 	var wg sync.WaitGroup
@@ -387,7 +390,7 @@ func TestBatchHeartbeat10000(t *testing.T) {
 	for range 32 {
 		wg.Go(func() {
 			for i := range work {
-				s, err := r.Open(ctx, app, registry.OpenRequest{User: "web-user", Module: "sales", TTLSeconds: 60, Connections: []string{conn.ID}})
+				s, err := r.Open(ctx, app, registry.OpenRequest{User: "web-user", Module: "sales", TTLSeconds: ttl, Connections: []string{conn.ID}})
 				if err != nil {
 					mu.Lock()
 					failed = err
@@ -426,7 +429,7 @@ func TestBatchHeartbeat10000(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("one batch of %d sessions took %s", len(batch), time.Since(begin).Round(time.Millisecond))
-	if res.Connection.ID != conn.ID || res.Connection.ExpiresInSeconds != 60 || len(res.Sessions) != registry.MaxBatchSessions {
+	if res.Connection.ID != conn.ID || res.Connection.ExpiresInSeconds != ttl || len(res.Sessions) != registry.MaxBatchSessions {
 		t.Fatalf("connection %+v, %d results", res.Connection, len(res.Sessions))
 	}
 	renewed := 0
@@ -453,7 +456,7 @@ func TestBatchHeartbeat10000(t *testing.T) {
 				t.Errorf("unknown session: %v", sr.Err)
 			}
 		default:
-			if sr.Err != nil || sr.ExpiresInSeconds != 60 {
+			if sr.Err != nil || sr.ExpiresInSeconds != ttl {
 				t.Errorf("session %s: %d, %v", sr.ID, sr.ExpiresInSeconds, sr.Err)
 			}
 			renewed++
@@ -465,7 +468,7 @@ func TestBatchHeartbeat10000(t *testing.T) {
 	if _, err := r.HeartbeatBatch(ctx, other, registry.BatchHeartbeatRequest{Connection: conn.ID}); !errors.Is(err, registry.ErrPermissionDenied) {
 		t.Fatalf("batch by another token: %v", err)
 	}
-	if res, err := r.HeartbeatBatch(ctx, admin, registry.BatchHeartbeatRequest{Connection: conn.ID}); err != nil || res.Connection.ExpiresInSeconds != 60 {
+	if res, err := r.HeartbeatBatch(ctx, admin, registry.BatchHeartbeatRequest{Connection: conn.ID}); err != nil || res.Connection.ExpiresInSeconds != ttl {
 		t.Fatalf("batch of the connection alone, by an admin: %+v, %v", res, err)
 	}
 }
