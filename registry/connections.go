@@ -732,7 +732,7 @@ func (r *Registry) watchConnections(ctx context.Context) {
 				if err != nil || cr.Kind != ConnShared {
 					continue
 				}
-				r.recordConnDeath(ctx, cr)
+				r.recordConnDeath(ctx, cr, ev.Kv.ModRevision)
 			}
 		}
 		select {
@@ -742,11 +742,17 @@ func (r *Registry) watchConnections(ctx context.Context) {
 	}
 }
 
-// recordConnDeath writes the death of shared connection cr, whose lease ran
-// out, unless a deletion or another node has written it.
-func (r *Registry) recordConnDeath(ctx context.Context, cr *connRecord) {
+// recordConnDeath writes the death of shared connection cr, deleted at
+// revision rev, unless it was written already: by the deletion itself (the
+// record existed at rev, written in the deletion's transaction) or by
+// another node. Reading at rev keeps a slow watch from writing a second
+// record after the first one was removed.
+func (r *Registry) recordConnDeath(ctx context.Context, cr *connRecord, rev int64) {
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
+	if resp, err := r.cli.Get(cctx, connTombKey(cr.ID), clientv3.WithSerializable(), clientv3.WithCountOnly(), clientv3.WithRev(rev)); err == nil && resp.Count > 0 {
+		return
+	}
 	if resp, err := r.cli.Get(cctx, connTombKey(cr.ID), clientv3.WithSerializable(), clientv3.WithCountOnly()); err == nil && resp.Count > 0 {
 		return
 	}
