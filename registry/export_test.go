@@ -24,3 +24,20 @@ func (r *Registry) ActivityRevision(ctx context.Context, id string) int64 {
 	}
 	return resp.Kvs[0].ModRevision
 }
+
+// OpenOnLease opens a session on a lease the caller granted, as Open does on the lease
+// it grants (for tests whose leases must outlive the sessions' TTL, as an etcd leader
+// change makes them).
+func (r *Registry) OpenOnLease(ctx context.Context, p Principal, req OpenRequest, lease clientv3.LeaseID) (OpenedSession, error) {
+	if err := requireRole(p, "open sessions", RoleClient, RoleAdmin); err != nil {
+		return OpenedSession{}, err
+	}
+	if err := r.normalize(&req); err != nil {
+		return OpenedSession{}, err
+	}
+	s, err := r.openOnLease(ctx, p, req, lease)
+	if err == nil {
+		r.noteBeat(s.ID)
+	}
+	return s, err
+}

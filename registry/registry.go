@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/roster-dev/roster/liveness"
 )
 
 // Config configures a Registry.
@@ -47,6 +49,11 @@ type Config struct {
 	CleanupInterval time.Duration
 	// Logger receives the registry's own logs; nil discards them.
 	Logger *slog.Logger
+	// Liveness is the node's view of the last heartbeat of every session on any
+	// node (see RunLiveness); the registry notes every heartbeat and open in it.
+	// Nil leaves expiry to the etcd leases alone. The registry does not own it:
+	// its owner starts and closes it.
+	Liveness *liveness.View
 }
 
 // DefaultConfig returns a Config with the documented defaults and no client.
@@ -255,6 +262,9 @@ func (r *Registry) evict(id string, rev int64) {
 	r.evictedUpTo = max(r.evictedUpTo, rev)
 	delete(r.live, id)
 	r.forgetActivity(id)
+	if r.cfg.Liveness != nil {
+		r.cfg.Liveness.Forget(id)
+	}
 }
 
 func (r *Registry) forget(id string) {

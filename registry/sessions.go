@@ -159,6 +159,9 @@ func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (Open
 	if err != nil {
 		r.revoke(lease.ID)
 	}
+	if err == nil {
+		r.noteBeat(opened.ID) // an open counts as a heartbeat
+	}
 	return opened, err
 }
 
@@ -451,6 +454,9 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	if err != nil {
 		return HeartbeatResult{}, err
 	}
+	if err := r.lapsedNow(ctx, rec); err != nil {
+		return HeartbeatResult{}, err
+	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	ttl, err := r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
@@ -461,6 +467,7 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	if err != nil {
 		return HeartbeatResult{}, err
 	}
+	r.noteBeat(rec.ID)
 	if req.Active {
 		r.noteActivity(ctx, []*record{rec})
 	}

@@ -1,0 +1,530 @@
+package registry
+
+import (
+	"container/heap"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/roster-dev/roster/liveness"
+)
+
+// etcd renews every lease to its full TTL when a new member becomes leader, and revokes
+// the leases that run out together at a few hundred a second: a dead client's session
+// could outlive its TTL by another TTL, and a storm of deaths by tens of seconds. So the
+// registry ends a session by its own liveness view (the liveness package: every node
+// notes the heartbeats it answers and pushes them to the others, no raft write per
+// heartbeat) as soon as that view finds it lapsed, and keeps the lease as the backstop
+// that finally deletes the keys when the view cannot tell (a live node does not report).
+
+// ByLiveness is the By of a session that Roster's liveness view ended: its TTL ran out
+// since the last heartbeat any node answered. (An expiry seen by etcd's lease says
+// "lease".)
+const ByLiveness = "liveness"
+
+const (
+	// lapseTxnsInFlight bounds the end transactions of lapsed sessions in flight.
+	lapseTxnsInFlight = 8
+	// lapseAttempts bounds how often a batch is tried again without the sessions
+	// that ended meanwhile.
+	lapseAttempts = 3
+	// lapseRetry is when a lapsed session whose end failed is tried again.
+	lapseRetry = time.Second
+	// maxUnknownBackoff bounds how far the duty spaces the checks of a session whose
+	// verdict waits for a node's report.
+	maxUnknownBackoff = 1
+)
+
+// PeerSecret returns the secret the cluster's nodes authenticate their liveness pushes
+// with. The first call in the cluster creates it, a random 256-bit value, with a
+// create-only transaction; every later call on any node reads the same one. Cancelling
+// ctx abandons the call.
+func (r *Registry) PeerSecret(ctx context.Context) (string, error) {
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	secret := randomSecret()
+	resp, err := r.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.CreateRevision(peerSecretKey), "=", 0)).
+		Then(clientv3.OpPut(peerSecretKey, secret)).
+		Else(clientv3.OpGet(peerSecretKey)).
+		Commit()
+	if err != nil {
+		return "", translate("create or read the peer secret", err)
+	}
+	if resp.Succeeded {
+		return secret, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) != 1 || len(kvs[0].Value) == 0 {
+		return "", errors.New("registry: the peer secret exists but is empty")
+	}
+	return string(kvs[0].Value), nil
+}
+
+// noteBeat tells the liveness view that this node answered a heartbeat (or an open)
+// of session id now.
+func (r *Registry) noteBeat(id string) {
+	if r.cfg.Liveness != nil {
+		r.cfg.Liveness.Note(id)
+	}
+}
+
+// lapse is a session the liveness view found lapsed, and how long it was silent.
+type lapse struct {
+	rec    *record
+	silent time.Duration
+}
+
+// lapsedNow checks, before a heartbeat renews rec's lease, whether the liveness view
+// has confirmed that rec's TTL ran out before this heartbeat: every node has reported
+// up to then and none answered one. Such a session is ended at once as expired and the
+// heartbeat answers so (*EndedError): without a leader change etcd would have refused
+// the renewal too, and the liveness duty ends it anyway. It returns nil otherwise, also
+// when the view cannot tell.
+func (r *Registry) lapsedNow(ctx context.Context, rec *record) error {
+	v := r.cfg.Liveness
+	if v == nil {
+		return nil
+	}
+	vd := v.Check(rec.ID, time.Duration(rec.TTLSeconds)*time.Second, time.Time{})
+	if vd.State != liveness.Lapsed {
+		return nil
+	}
+	if _, err := r.endLapsed(ctx, []lapse{{rec, vd.Silent}}); err != nil {
+		return err
+	}
+	return r.goneNow(ctx, rec) // its tombstone: this end's, or one written meanwhile
+}
+
+// lapsedInBatch is lapsedNow for the sessions of a batch heartbeat through connection
+// conn (recs, with their errors so far in errs): the lapsed ones are ended together
+// and get their end as their error, so they are not renewed.
+func (r *Registry) lapsedInBatch(ctx context.Context, conn string, recs []*record, errs []error) {
+	v := r.cfg.Liveness
+	if v == nil {
+		return
+	}
+	var ls []lapse
+	var at []int
+	for i, rec := range recs {
+		if rec == nil || errs[i] != nil || !usesConnection(&rec.Session, conn) {
+			continue
+		}
+		if vd := v.Check(rec.ID, time.Duration(rec.TTLSeconds)*time.Second, time.Time{}); vd.State == liveness.Lapsed {
+			ls, at = append(ls, lapse{rec, vd.Silent}), append(at, i)
+		}
+	}
+	if len(ls) == 0 {
+		return
+	}
+	if _, err := r.endLapsed(ctx, ls); err != nil {
+		for _, i := range at {
+			errs[i] = err
+		}
+		return
+	}
+	for k, i := range at {
+		errs[i] = r.goneNow(ctx, ls[k].rec)
+	}
+}
+
+// lapsedEnd is how a session the liveness view found lapsed ends.
+func (r *Registry) lapsedEnd(rec *record, silent time.Duration) Ended {
+	ttl := time.Duration(rec.TTLSeconds) * time.Second
+	return Ended{ID: rec.ID, Reason: EndExpired, By: ByLiveness, At: time.Now().UTC().Truncate(time.Second),
+		Message: fmt.Sprintf("no heartbeat reached any node for %s, longer than its TTL of %s (seen by the liveness view of node %s)",
+			silent.Round(100*time.Millisecond), ttl, r.cfg.Node)}
+}
+
+// endOps are the deletions that end rec: the same keys end deletes.
+func endOps(rec *record) []clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
+	for _, k := range indexKeys(rec) {
+		ops = append(ops, clientv3.OpDelete(k))
+	}
+	if rec.Seat != "" {
+		ops = append(ops, clientv3.OpDelete(rec.Seat))
+	}
+	for _, c := range rec.Connections {
+		if c.Kind == ConnDirect {
+			ops = append(ops, clientv3.OpDelete(connKey(c.ID)))
+		}
+	}
+	return append(ops, clientv3.OpDelete(activityKey(rec.ID)))
+}
+
+// lapseItem is one session's part of an end transaction.
+type lapseItem struct {
+	rec  *record
+	ops  []clientv3.Op
+	tomb string // the tombstone's value
+}
+
+// endLapsed ends lapsed sessions as expired, many per transaction (at most maxTxnOps
+// operations and compares each) with up to lapseTxnsInFlight transactions at once.
+// Each session's end is conditional on its record being the same one (its creation
+// revision), so a session that logged out or was killed meanwhile is left out: a
+// batch whose compare fails is tried again without the sessions that ended. The
+// tombstones say expired, by ByLiveness, so events, history and clients see expired.
+// The leases are revoked afterwards in the background, best effort: a lease whose
+// keys are gone harms nothing when it runs out. It returns how many it ended.
+func (r *Registry) endLapsed(ctx context.Context, ls []lapse) (int, error) {
+	var batches [][]lapseItem
+	var cur []lapseItem
+	nops := 0
+	for _, l := range ls {
+		val, _ := json.Marshal(tombstoneOf(l.rec, r.lapsedEnd(l.rec, l.silent)))
+		it := lapseItem{rec: l.rec, ops: endOps(l.rec), tomb: string(val)}
+		n := len(it.ops) + 1
+		if len(cur) > 0 && (nops+n > maxTxnOps || len(cur) == maxTxnOps) {
+			batches, cur, nops = append(batches, cur), nil, 0
+		}
+		cur, nops = append(cur, it), nops+n
+	}
+	if len(cur) > 0 {
+		batches = append(batches, cur)
+	}
+	var mu sync.Mutex
+	ended := 0
+	var leases []clientv3.LeaseID
+	var errs []error
+	sem := make(chan struct{}, lapseTxnsInFlight)
+	var wg sync.WaitGroup
+	for _, b := range batches {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			done, err := r.endBatch(ctx, b)
+			for _, it := range done {
+				r.forget(it.rec.ID)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, it := range done {
+				leases = append(leases, clientv3.LeaseID(it.rec.LeaseID))
+			}
+			ended += len(done)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(leases) > 0 {
+		r.goTracked(func() { r.revokeAll(leases) }) // when closing, they run out by themselves
+	}
+	return ended, errors.Join(errs...)
+}
+
+// endBatch ends items in one transaction; when a session's record changed or went
+// meanwhile it tries again without it, up to lapseAttempts times. It returns the
+// items it ended.
+func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem, error) {
+	fresh := false
+	for attempt := 0; attempt < lapseAttempts && len(items) > 0; attempt++ {
+		cctx, cancel := r.opCtx(ctx)
+		tl, err := r.tombstoneLease(cctx, fresh)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		var cmps []clientv3.Cmp
+		var ops, elses []clientv3.Op
+		for _, it := range items {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(sessionKey(it.rec.ID)), "=", it.rec.createRev))
+			ops = append(ops, it.ops...)
+			ops = append(ops, clientv3.OpPut(tombstoneKey(it.rec.ID), it.tomb, clientv3.WithLease(tl)))
+			elses = append(elses, clientv3.OpGet(sessionKey(it.rec.ID), clientv3.WithKeysOnly()))
+		}
+		resp, err := r.cli.Txn(cctx).If(cmps...).Then(ops...).Else(elses...).Commit()
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {
+			fresh = true // the shared tombstone lease ran out: take a new one
+			continue
+		}
+		if err != nil {
+			return nil, translate("end lapsed sessions", err)
+		}
+		if resp.Succeeded {
+			return items, nil
+		}
+		var still []lapseItem
+		for i, it := range items {
+			if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) == 1 && kvs[0].CreateRevision == it.rec.createRev {
+				still = append(still, it)
+			}
+		}
+		if len(still) == len(items) {
+			return nil, errors.New("registry: end lapsed sessions: the transaction's compare failed, yet every session is unchanged")
+		}
+		items = still
+	}
+	if len(items) > 0 {
+		return nil, fmt.Errorf("%w: end lapsed sessions: gave up after %d attempts", ErrUnavailable, lapseAttempts)
+	}
+	return nil, nil
+}
+
+// revokeAll revokes leases, four at a time, best effort.
+func (r *Registry) revokeAll(leases []clientv3.LeaseID) {
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for _, l := range leases {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			r.revoke(l)
+		})
+	}
+	wg.Wait()
+}
+
+// RunLiveness runs as the duty leader's duty until ctx ends: it ends, as expired (by
+// ByLiveness), every session that the liveness view finds lapsed, within about one push
+// interval of its TTL running out. It knows every live session and its TTL from a read
+// of the sessions and a watch from just after it, and checks each when its TTL would
+// run out since its latest beat; a session of which no beat is known counts as beaten
+// when the duty learned of it. What it keeps in memory is only a cache: a new duty
+// leader reads the sessions again, and its own view has heard the same beats. Without
+// a view (Config.Liveness nil) it waits for ctx and does nothing; the leases decide.
+func (r *Registry) RunLiveness(ctx context.Context) error {
+	v := r.cfg.Liveness
+	if v == nil {
+		<-ctx.Done()
+		return nil
+	}
+	t := newLapseTracker()
+	for ctx.Err() == nil {
+		err := r.followLapses(ctx, v, t)
+		if ctx.Err() != nil {
+			break
+		}
+		r.log.Warn("liveness duty: reading the sessions again", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+// followLapses reads every session into t, then follows the sessions' watch and ends
+// the lapsed ones until ctx ends or the watch falls behind a compaction (its error).
+// A watch that breaks otherwise resumes from the next revision.
+func (r *Registry) followLapses(ctx context.Context, v *liveness.View, t *lapseTracker) error {
+	var rev int64
+	now := time.Now()
+	seen := map[string]bool{}
+	for kv, err := range r.scan(ctx, sessionsPrefix, clientv3.GetPrefixRangeEnd(sessionsPrefix), scanBatch, &rev) {
+		if err != nil {
+			return translate("read the sessions for the liveness duty", err)
+		}
+		if id := t.add(kv, now); id != "" {
+			seen[id] = true
+		}
+	}
+	t.keepOnly(seen)
+	interval := v.Interval()
+	next := rev + 1
+	for {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := r.cli.Watch(wctx, sessionsPrefix, clientv3.WithPrefix(), clientv3.WithRev(next))
+		err := r.lapseLoop(ctx, v, t, wch, &next, interval)
+		cancel()
+		if err != nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+}
+
+// lapseLoop applies the watch's changes to t and ends the sessions that come due and
+// lapsed; it returns nil when the watch ends (to resume it from *next) and an error
+// when it fell behind a compaction.
+func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTracker, wch clientv3.WatchChan, next *int64, interval time.Duration) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case resp, ok := <-wch:
+			if !ok {
+				return nil
+			}
+			if resp.CompactRevision != 0 {
+				return fmt.Errorf("the session watch fell behind compaction at revision %d", resp.CompactRevision)
+			}
+			if resp.Err() != nil {
+				return nil
+			}
+			now := time.Now()
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					t.remove(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix))
+				} else {
+					t.add(ev.Kv, now)
+				}
+				*next = ev.Kv.ModRevision + 1
+			}
+		case <-timer.C:
+			r.endDue(ctx, v, t, interval)
+			timer.Reset(t.wait(interval))
+		}
+	}
+}
+
+// endDue checks every session that has come due and ends those that lapsed.
+func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker, interval time.Duration) {
+	now := time.Now()
+	silent := map[string]time.Duration{}
+	var keys []string
+	for {
+		id, s := t.popDue(now)
+		if s == nil {
+			break
+		}
+		vd := v.Check(id, s.ttl, s.knownAt)
+		switch vd.State {
+		case liveness.Lapsed:
+			silent[id] = vd.Silent
+			keys = append(keys, sessionKey(id))
+			t.schedule(id, now.Add(lapseRetry)) // its deletion removes it; else it is tried again
+		case liveness.Alive:
+			s.unknowns = 0
+			t.schedule(id, vd.Next)
+		default:
+			// A node's report is missing: look again after the next reports, less
+			// often the longer it lasts (the lease decides meanwhile).
+			t.schedule(id, now.Add(interval<<min(s.unknowns, maxUnknownBackoff)))
+			s.unknowns++
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	kvs, _, errs := r.getMany(ctx, keys)
+	var ls []lapse
+	for i, kv := range kvs {
+		if errs[i] != nil || kv == nil {
+			continue
+		}
+		rec, err := decodeRecord(kv)
+		if err != nil {
+			r.log.Warn("liveness duty: undecodable session record", "key", keys[i], "error", err)
+			continue
+		}
+		if s := t.sessions[rec.ID]; s != nil && s.createRev == rec.createRev {
+			ls = append(ls, lapse{rec, silent[rec.ID]})
+		}
+	}
+	n, err := r.endLapsed(ctx, ls)
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn("liveness duty: ending lapsed sessions failed; trying again", "ended", n, "lapsed", len(ls), "error", err)
+	} else if n > 0 {
+		r.log.Debug("liveness duty: ended lapsed sessions", "ended", n, "took", time.Since(now).Round(time.Millisecond))
+	}
+}
+
+// tracked is a live session as the liveness duty knows it.
+type tracked struct {
+	ttl       time.Duration
+	createRev int64
+	knownAt   time.Time // when the duty learned of it
+	unknowns  uint      // verdicts in a row that waited for a node
+}
+
+// lapseTracker holds the live sessions and when to check each next, soonest first.
+type lapseTracker struct {
+	sessions map[string]*tracked
+	due      dueHeap
+}
+
+func newLapseTracker() *lapseTracker {
+	return &lapseTracker{sessions: map[string]*tracked{}}
+}
+
+// add tracks the session of kv (first seen at now) and returns its id; "" if kv is not
+// a session record.
+func (t *lapseTracker) add(kv *mvccpb.KeyValue, now time.Time) string {
+	id := strings.TrimPrefix(string(kv.Key), sessionsPrefix)
+	if s := t.sessions[id]; s != nil && s.createRev == kv.CreateRevision {
+		return id
+	}
+	var rec struct {
+		TTLSeconds int64 `json:"ttl_seconds"`
+	}
+	if err := json.Unmarshal(kv.Value, &rec); err != nil || rec.TTLSeconds <= 0 {
+		return ""
+	}
+	s := &tracked{ttl: time.Duration(rec.TTLSeconds) * time.Second, createRev: kv.CreateRevision, knownAt: now}
+	t.sessions[id] = s
+	t.schedule(id, now.Add(s.ttl))
+	return id
+}
+
+func (t *lapseTracker) remove(id string) { delete(t.sessions, id) }
+
+// keepOnly forgets the sessions not in ids (they ended while the duty did not watch).
+func (t *lapseTracker) keepOnly(ids map[string]bool) {
+	for id := range t.sessions {
+		if !ids[id] {
+			delete(t.sessions, id)
+		}
+	}
+}
+
+func (t *lapseTracker) schedule(id string, at time.Time) {
+	heap.Push(&t.due, dueItem{at: at, id: id})
+}
+
+// popDue returns the next session due by now, or nil. Entries of sessions that ended,
+// or that are scheduled again for later, are skipped.
+func (t *lapseTracker) popDue(now time.Time) (string, *tracked) {
+	for len(t.due) > 0 && !t.due[0].at.After(now) {
+		it := heap.Pop(&t.due).(dueItem)
+		if s := t.sessions[it.id]; s != nil {
+			return it.id, s
+		}
+	}
+	return "", nil
+}
+
+// wait is how long until the next session comes due, at most max.
+func (t *lapseTracker) wait(most time.Duration) time.Duration {
+	if len(t.due) == 0 {
+		return most
+	}
+	return min(max(time.Until(t.due[0].at), time.Millisecond), most)
+}
+
+type dueItem struct {
+	at time.Time
+	id string
+}
+
+// dueHeap is a min-heap of dueItems by time (container/heap).
+type dueHeap []dueItem
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return it
+}
