@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -41,3 +42,7 @@ func (r *Registry) OpenOnLease(ctx context.Context, p Principal, req OpenRequest
 	}
 	return s, err
 }
+
+// SetLapseBackstop sets how long after a session lapsed this node ends it when it is
+// not the liveness duty's leader (for tests).
+func (r *Registry) SetLapseBackstop(d time.Duration) { r.lapseBackstop.Store(int64(d)) }

@@ -33,9 +33,6 @@ const ByLiveness = "liveness"
 const (
 	// lapseTxnsInFlight bounds the end transactions of lapsed sessions in flight.
 	lapseTxnsInFlight = 8
-	// lapseAttempts bounds how often a batch is tried again without the sessions
-	// that ended meanwhile.
-	lapseAttempts = 3
 	// lapseRetry is when a lapsed session whose end failed is tried again.
 	lapseRetry = time.Second
 	// maxUnknownBackoff bounds how far the duty spaces the checks of a session whose
@@ -224,12 +221,12 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse) (int, error) {
 	return ended, errors.Join(errs...)
 }
 
-// endBatch ends items in one transaction; when a session's record changed or went
-// meanwhile it tries again without it, up to lapseAttempts times. It returns the
-// items it ended.
+// endBatch ends items in one transaction. When a session's record changed or went
+// meanwhile (another node ended it) it tries again without it, so every try but the
+// last makes progress. It returns the items it ended.
 func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem, error) {
 	fresh := false
-	for attempt := 0; attempt < lapseAttempts && len(items) > 0; attempt++ {
+	for len(items) > 0 {
 		cctx, cancel := r.opCtx(ctx)
 		tl, err := r.tombstoneLease(cctx, fresh)
 		if err != nil {
@@ -267,9 +264,6 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 		}
 		items = still
 	}
-	if len(items) > 0 {
-		return nil, fmt.Errorf("%w: end lapsed sessions: gave up after %d attempts", ErrUnavailable, lapseAttempts)
-	}
 	return nil, nil
 }
 
@@ -287,33 +281,56 @@ func (r *Registry) revokeAll(leases []clientv3.LeaseID) {
 	wg.Wait()
 }
 
-// RunLiveness runs as the duty leader's duty until ctx ends: it ends, as expired (by
-// ByLiveness), every session that the liveness view finds lapsed, within about one push
-// interval of its TTL running out. It knows every live session and its TTL from a read
-// of the sessions and a watch from just after it, and checks each when its TTL would
-// run out since its latest beat; a session of which no beat is known counts as beaten
-// when the duty learned of it. What it keeps in memory is only a cache: a new duty
-// leader reads the sessions again, and its own view has heard the same beats. Without
-// a view (Config.Liveness nil) it waits for ctx and does nothing; the leases decide.
+// LapseBackstop is how long after a session lapsed a node that is not the duty leader
+// ends it (plus up to a quarter more, so that the nodes do not all try at once): the
+// duty leader ends it at once, and the others only when it is still there, as while
+// a new duty leader is being elected.
+const LapseBackstop = time.Second
+
+// RunLiveness runs as the duty leader's duty until ctx ends: while it runs, this node
+// ends every session its liveness view finds lapsed at once, instead of LapseBackstop
+// later. Every node with a view (Config.Liveness) follows the sessions and ends the
+// lapsed ones (see followLapses), started by Start; the duty only removes the delay.
+// Without a view it waits for ctx and does nothing: the leases decide.
 func (r *Registry) RunLiveness(ctx context.Context) error {
-	v := r.cfg.Liveness
-	if v == nil {
-		<-ctx.Done()
-		return nil
+	if r.cfg.Liveness != nil {
+		r.lapseLead.Add(1)
+		defer r.lapseLead.Add(-1)
 	}
+	<-ctx.Done()
+	return nil
+}
+
+// lapseDelay is how long after a session lapsed this node ends it: 0 on the duty
+// leader, else its backstop delay.
+func (r *Registry) lapseDelay() time.Duration {
+	if r.lapseLead.Load() > 0 {
+		return 0
+	}
+	return time.Duration(r.lapseBackstop.Load())
+}
+
+// endLapses ends, as expired (by ByLiveness), every session that the liveness view v
+// finds lapsed, until ctx ends: the duty leader within about one push interval of the
+// session's TTL running out, every other node LapseBackstop later if it is still
+// there. It knows every live session and its TTL from a read of the sessions and a
+// watch from just after it, and checks each when its TTL would run out since its
+// latest known beat; a session of which no beat is known counts as beaten when this
+// node learned of it. What it keeps is a cache of etcd and of the view, so a node that
+// takes over needs nothing from the one before.
+func (r *Registry) endLapses(ctx context.Context, v *liveness.View) {
 	t := newLapseTracker()
 	for ctx.Err() == nil {
 		err := r.followLapses(ctx, v, t)
 		if ctx.Err() != nil {
-			break
+			return
 		}
-		r.log.Warn("liveness duty: reading the sessions again", "error", err)
+		r.log.Warn("liveness: reading the sessions again", "error", err)
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
 	}
-	return nil
 }
 
 // followLapses reads every session into t, then follows the sessions' watch and ends
@@ -327,7 +344,7 @@ func (r *Registry) followLapses(ctx context.Context, v *liveness.View, t *lapseT
 		if err != nil {
 			return translate("read the sessions for the liveness duty", err)
 		}
-		if id := t.add(kv, now); id != "" {
+		if id := t.add(kv, now, true); id != "" {
 			seen[id] = true
 		}
 	}
@@ -375,7 +392,7 @@ func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTrac
 				if ev.Type == clientv3.EventTypeDelete {
 					t.remove(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix))
 				} else {
-					t.add(ev.Kv, now)
+					t.add(ev.Kv, now, false)
 				}
 				*next = ev.Kv.ModRevision + 1
 			}
@@ -389,6 +406,7 @@ func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTrac
 // endDue checks every session that has come due and ends those that lapsed.
 func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker, interval time.Duration) {
 	now := time.Now()
+	late := r.lapseDelay()
 	silent := map[string]time.Duration{}
 	var keys []string
 	for {
@@ -397,12 +415,14 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 			break
 		}
 		vd := v.Check(id, s.ttl, s.knownAt)
-		switch vd.State {
-		case liveness.Lapsed:
+		switch {
+		case vd.State == liveness.Lapsed && vd.Silent < s.ttl+late:
+			t.schedule(id, now.Add(s.ttl+late-vd.Silent)) // a backstop: the duty leader's turn first
+		case vd.State == liveness.Lapsed:
 			silent[id] = vd.Silent
 			keys = append(keys, sessionKey(id))
 			t.schedule(id, now.Add(lapseRetry)) // its deletion removes it; else it is tried again
-		case liveness.Alive:
+		case vd.State == liveness.Alive:
 			s.unknowns = 0
 			t.schedule(id, vd.Next)
 		default:
@@ -456,9 +476,10 @@ func newLapseTracker() *lapseTracker {
 	return &lapseTracker{sessions: map[string]*tracked{}}
 }
 
-// add tracks the session of kv (first seen at now) and returns its id; "" if kv is not
-// a session record.
-func (t *lapseTracker) add(kv *mvccpb.KeyValue, now time.Time) string {
+// add tracks the session of kv, learned of at now, and returns its id ("" if kv is not
+// a session record). A session found by the first read (loaded) is checked at once: the
+// view may know that it lapsed already; a new one a TTL after its open.
+func (t *lapseTracker) add(kv *mvccpb.KeyValue, now time.Time, loaded bool) string {
 	id := strings.TrimPrefix(string(kv.Key), sessionsPrefix)
 	if s := t.sessions[id]; s != nil && s.createRev == kv.CreateRevision {
 		return id
@@ -471,7 +492,11 @@ func (t *lapseTracker) add(kv *mvccpb.KeyValue, now time.Time) string {
 	}
 	s := &tracked{ttl: time.Duration(rec.TTLSeconds) * time.Second, createRev: kv.CreateRevision, knownAt: now}
 	t.sessions[id] = s
-	t.schedule(id, now.Add(s.ttl))
+	if loaded {
+		t.schedule(id, now)
+	} else {
+		t.schedule(id, now.Add(s.ttl))
+	}
 	return id
 }
 

@@ -171,6 +171,18 @@ func beat(t *testing.T, r *registry.Registry, s registry.OpenedSession, period t
 	return &failed
 }
 
+// TestLivenessBackstop: with no duty leader, the other nodes end a lapsed session a
+// little later by themselves.
+func TestLivenessBackstop(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a", "b"})
+	s := openLong(t, nodes[0].reg, registry.OpenRequest{User: "orphan", Module: "sales", TTLSeconds: 1})
+	var how *registry.Ended
+	eventually(t, 15*time.Second, "the lapsed session's end", func() bool { how = endedAs(t, nodes[1].reg, s.ID); return how != nil })
+	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness {
+		t.Fatalf("ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+}
+
 // TestLivenessEndsLapsedSession: three nodes; the duty runs on a. A session opened on b
 // and never heartbeated is ended by the view as expired (by liveness) although its lease
 // would live for minutes, freeing its login and its licence seat; a session opened on a
@@ -243,10 +255,13 @@ func TestLivenessWaitsForSilentNode(t *testing.T) {
 
 // TestLivenessLateHeartbeat: a heartbeat that arrives after the view has confirmed its
 // session lapsed is not answered with a renewal: the node ends the session and answers
-// expired, even with no duty running.
+// expired, even with no node ending lapsed sessions by itself.
 func TestLivenessLateHeartbeat(t *testing.T) {
 	nodes, _ := livenessNodes(t, []string{"a", "b"})
 	a, b := nodes[0], nodes[1]
+	for _, n := range nodes {
+		n.reg.SetLapseBackstop(time.Hour) // no node ends lapsed sessions by itself
+	}
 	s := openLong(t, a.reg, registry.OpenRequest{User: "late", Module: "sales", TTLSeconds: 1})
 	eventually(t, 15*time.Second, "b's view finding the session lapsed", func() bool {
 		return b.view.Check(s.ID, time.Second, time.Time{}).State == liveness.Lapsed
@@ -258,6 +273,39 @@ func TestLivenessLateHeartbeat(t *testing.T) {
 	}
 	if got := endedAs(t, a.reg, s.ID); got == nil || got.By != registry.ByLiveness {
 		t.Fatalf("after the late heartbeat a shows %+v", got)
+	}
+}
+
+// TestLivenessEndsOnTheFeed: sessions the view ends in one transaction share a
+// revision; the feed delivers each one's end, expired by liveness, and every event but
+// the last of the revision says More.
+func TestLivenessEndsOnTheFeed(t *testing.T) {
+	nodes, g := livenessNodes(t, []string{"a", "b"}, "mute")
+	a := nodes[0]
+	runLiveness(t, a)
+	want := map[string]bool{}
+	for i := range 3 {
+		want[openLong(t, nodes[i%2].reg, registry.OpenRequest{User: fmt.Sprintf("feed-%d", i), Module: "sales", TTLSeconds: 1}).ID] = true
+	}
+	feed := events(t, nodes[1].reg, admin, registry.EventFilter{}, 0)
+	g.set("mute", "", true) // all three lapse together a TTL from now
+	var ends []registry.Event
+	for len(ends) < len(want) {
+		e := nextEvent(t, feed)
+		if e.Type == registry.EventExpired && want[e.Session.ID] {
+			ends = append(ends, e)
+		}
+	}
+	for i, e := range ends {
+		if e.By != registry.ByLiveness {
+			t.Errorf("end of %s by %q, want %q", e.Session.ID, e.By, registry.ByLiveness)
+		}
+		if last := i == len(ends)-1 || ends[i+1].Rev != e.Rev; e.More == last {
+			t.Errorf("event %d (rev %d): More %v, but the last of its revision: %v", i, e.Rev, e.More, last)
+		}
+	}
+	if ends[0].Rev != ends[2].Rev {
+		t.Logf("the three ends took more than one transaction (revisions %d, %d, %d)", ends[0].Rev, ends[1].Rev, ends[2].Rev)
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -164,6 +166,12 @@ type Registry struct {
 	policies   policySet
 	lastActive map[string]time.Time
 
+	// lapseLead counts the liveness duty's runs on this node (RunLiveness): while it
+	// is not 0 the node ends lapsed sessions at once; lapseBackstop is how long after
+	// their lapse it ends them otherwise (ns).
+	lapseLead     atomic.Int32
+	lapseBackstop atomic.Int64
+
 	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
 	streamsMu sync.Mutex
@@ -190,6 +198,7 @@ func New(cfg Config) (*Registry, error) {
 	r.watched.ch = make(chan struct{})
 	r.pendingChanged = make(chan struct{})
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
+	r.lapseBackstop.Store(int64(LapseBackstop + time.Duration(mrand.Int64N(int64(LapseBackstop/4)))))
 	return r, nil
 }
 
@@ -198,7 +207,8 @@ func New(cfg Config) (*Registry, error) {
 // session deletions that evicts the cache and records a tombstone for
 // every session whose lease expired, the alive beacon, the watches that
 // keep the pending shutdown requests and the clean-up policies, the
-// shutdown backstop, and the watch that records dead shared connections. If the
+// shutdown backstop, the watch that records dead shared connections, and, with a
+// liveness view, the ending of lapsed sessions (see RunLiveness). If the
 // downtime check cannot read etcd, Start returns its error and starts
 // nothing; cancelling ctx abandons the check.
 func (r *Registry) Start(ctx context.Context) error {
@@ -232,6 +242,13 @@ func (r *Registry) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.watchPolicies(r.ctx)
 	}()
+	if v := r.cfg.Liveness; v != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.endLapses(r.ctx, v)
+		}()
+	}
 	return nil
 }
 
