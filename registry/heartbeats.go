@@ -179,7 +179,7 @@ func (r *Registry) HeartbeatBatch(ctx context.Context, p Principal, req BatchHea
 		switch {
 		case rr.err == nil:
 			r.noteBeat(rec.ID)
-			out.Sessions[i].ExpiresInSeconds, out.Sessions[i].Shutdown = rr.ttl, r.pendingFor(rec)
+			out.Sessions[i].ExpiresInSeconds, out.Sessions[i].Shutdown = min(rr.ttl, rec.TTLSeconds), r.pendingFor(rec)
 			if active[rec.ID] {
 				touched = append(touched, rec)
 			}

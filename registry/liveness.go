@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -31,14 +32,33 @@ import (
 const ByLiveness = "liveness"
 
 const (
-	// lapseTxnsInFlight bounds the end transactions of lapsed sessions in flight.
-	lapseTxnsInFlight = 8
+	// lapseTxnsInFlight bounds the end transactions of lapsed sessions in flight: on
+	// the duty leader, and on a node acting as backstop (fewer: the duty leader may be
+	// ending the same sessions).
+	lapseTxnsInFlight         = 32
+	lapseBackstopTxnsInFlight = 4
 	// lapseRetry is when a lapsed session whose end failed is tried again.
 	lapseRetry = time.Second
 	// maxUnknownBackoff bounds how far the duty spaces the checks of a session whose
 	// verdict waits for a node's report.
 	maxUnknownBackoff = 1
 )
+
+// LeaseSlack is how much longer than its TTL a session's etcd lease lasts on a node
+// with a liveness view: the view ends a dead client's session when its TTL runs out,
+// and the lease, the backstop, only when the view cannot tell by then. So the two do
+// not race (etcd revokes expired leases a few hundred a second, which would hold up the
+// view's batched ends in a storm). Heartbeats, Get and List still say when the TTL
+// runs out, not the lease.
+const LeaseSlack = 2 * time.Second
+
+// leaseSlack is LeaseSlack in whole seconds on a node with a liveness view, else 0.
+func (r *Registry) leaseSlack() int64 {
+	if r.cfg.Liveness == nil {
+		return 0
+	}
+	return int64(LeaseSlack / time.Second)
+}
 
 // PeerSecret returns the secret the cluster's nodes authenticate their liveness pushes
 // with. The first call in the cluster creates it, a random 256-bit value, with a
@@ -95,7 +115,7 @@ func (r *Registry) lapsedNow(ctx context.Context, rec *record) error {
 	if vd.State != liveness.Lapsed {
 		return nil
 	}
-	if _, err := r.endLapsed(ctx, []lapse{{rec, vd.Silent}}); err != nil {
+	if _, err := r.endLapsed(ctx, []lapse{{rec, vd.Silent}}, 1); err != nil {
 		return err
 	}
 	return r.goneNow(ctx, rec) // its tombstone: this end's, or one written meanwhile
@@ -122,7 +142,7 @@ func (r *Registry) lapsedInBatch(ctx context.Context, conn string, recs []*recor
 	if len(ls) == 0 {
 		return
 	}
-	if _, err := r.endLapsed(ctx, ls); err != nil {
+	if _, err := r.endLapsed(ctx, ls, lapseTxnsInFlight); err != nil {
 		for _, i := range at {
 			errs[i] = err
 		}
@@ -166,14 +186,14 @@ type lapseItem struct {
 }
 
 // endLapsed ends lapsed sessions as expired, many per transaction (at most maxTxnOps
-// operations and compares each) with up to lapseTxnsInFlight transactions at once.
+// operations and compares each) with up to inFlight transactions at once.
 // Each session's end is conditional on its record being the same one (its creation
 // revision), so a session that logged out or was killed meanwhile is left out: a
 // batch whose compare fails is tried again without the sessions that ended. The
 // tombstones say expired, by ByLiveness, so events, history and clients see expired.
 // The leases are revoked afterwards in the background, best effort: a lease whose
 // keys are gone harms nothing when it runs out. It returns how many it ended.
-func (r *Registry) endLapsed(ctx context.Context, ls []lapse) (int, error) {
+func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int, error) {
 	var batches [][]lapseItem
 	var cur []lapseItem
 	nops := 0
@@ -193,7 +213,7 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse) (int, error) {
 	ended := 0
 	var leases []clientv3.LeaseID
 	var errs []error
-	sem := make(chan struct{}, lapseTxnsInFlight)
+	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
 	for _, b := range batches {
 		sem <- struct{}{}
@@ -267,9 +287,10 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 	return nil, nil
 }
 
-// revokeAll revokes leases, four at a time, best effort.
+// revokeAll revokes leases, two at a time, best effort: they hold no keys any more,
+// so they need not take from the ends of sessions still lapsing.
 func (r *Registry) revokeAll(leases []clientv3.LeaseID) {
-	sem := make(chan struct{}, 4)
+	sem := make(chan struct{}, 2)
 	var wg sync.WaitGroup
 	for _, l := range leases {
 		sem <- struct{}{}
@@ -426,9 +447,14 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 			s.unknowns = 0
 			t.schedule(id, vd.Next)
 		default:
-			// A node's report is missing: look again after the next reports, less
-			// often the longer it lasts (the lease decides meanwhile).
-			t.schedule(id, now.Add(interval<<min(s.unknowns, maxUnknownBackoff)))
+			// A node's report is missing: most often the next push brings it, so
+			// look again soon, then less often the longer it lasts (the lease
+			// decides meanwhile).
+			wait := interval / 4
+			if s.unknowns > 0 {
+				wait = interval << min(s.unknowns-1, maxUnknownBackoff)
+			}
+			t.schedule(id, now.Add(wait))
 			s.unknowns++
 		}
 	}
@@ -450,7 +476,14 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 			ls = append(ls, lapse{rec, silent[rec.ID]})
 		}
 	}
-	n, err := r.endLapsed(ctx, ls)
+	inFlight := lapseTxnsInFlight
+	if late > 0 {
+		// A backstop: the duty leader may be ending the same sessions, in order;
+		// another order makes their transactions collide less.
+		mrand.Shuffle(len(ls), func(i, j int) { ls[i], ls[j] = ls[j], ls[i] })
+		inFlight = lapseBackstopTxnsInFlight
+	}
+	n, err := r.endLapsed(ctx, ls, inFlight)
 	if err != nil && ctx.Err() == nil {
 		r.log.Warn("liveness duty: ending lapsed sessions failed; trying again", "ended", n, "lapsed", len(ls), "error", err)
 	} else if n > 0 {

@@ -276,6 +276,37 @@ func TestLivenessLateHeartbeat(t *testing.T) {
 	}
 }
 
+// TestLivenessLeaseOutlastsTTL: on a node with a view a session's lease is granted
+// LeaseSlack longer than its TTL, so the view, not the lease, ends a dead client's
+// session; heartbeats and Get still count down the TTL.
+func TestLivenessLeaseOutlastsTTL(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a", "b"})
+	a := nodes[0]
+	runLiveness(t, a)
+	ctx := context.Background()
+	s := open(t, nodes[1].reg, admin, registry.OpenRequest{User: "slack", Module: "sales", TTLSeconds: 2})
+	kv, err := etcd.Client().Get(ctx, "/roster/v1/sessions/"+s.ID)
+	if err != nil || len(kv.Kvs) != 1 {
+		t.Fatalf("read the session: %v", err)
+	}
+	ttl, err := etcd.Client().TimeToLive(ctx, clientv3.LeaseID(kv.Kvs[0].Lease))
+	if err != nil || ttl.GrantedTTL != 2+int64(registry.LeaseSlack/time.Second) {
+		t.Fatalf("lease granted %+v, %v; want %d s", ttl, err, 2+int64(registry.LeaseSlack/time.Second))
+	}
+	hb, err := nodes[1].reg.Heartbeat(ctx, admin, s.ID)
+	if err != nil || hb.ExpiresInSeconds != 2 || hb.TTLSeconds != 2 {
+		t.Fatalf("heartbeat = %+v, %v; want TTL and expires-in 2", hb, err)
+	}
+	if got, err := a.reg.Get(ctx, admin, s.ID); err != nil || got.ExpiresInSeconds > 2 {
+		t.Fatalf("get = %+v, %v; want expires-in at most 2", got, err)
+	}
+	var how *registry.Ended
+	eventually(t, 15*time.Second, "the end", func() bool { how = endedAs(t, a.reg, s.ID); return how != nil })
+	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness {
+		t.Fatalf("ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+}
+
 // TestLivenessEndsOnTheFeed: sessions the view ends in one transaction share a
 // revision; the feed delivers each one's end, expired by liveness, and every event but
 // the last of the revision says More.

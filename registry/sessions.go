@@ -151,7 +151,7 @@ func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (Open
 	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	lease, err := r.cli.Grant(cctx, req.TTLSeconds)
+	lease, err := r.cli.Grant(cctx, req.TTLSeconds+r.leaseSlack())
 	if err != nil {
 		return OpenedSession{}, translate("grant lease", err)
 	}
@@ -471,7 +471,7 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	if req.Active {
 		r.noteActivity(ctx, []*record{rec})
 	}
-	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: ttl, Shutdown: r.pendingFor(rec)}, nil
+	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: min(ttl, rec.TTLSeconds), Shutdown: r.pendingFor(rec)}, nil
 }
 
 // goneNow explains a session whose lease has just been found gone: its
@@ -645,7 +645,8 @@ func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64)
 			defer cancel()
 			resp, err := r.cli.TimeToLive(cctx, clientv3.LeaseID(leases[i]))
 			if err == nil && resp.TTL > 0 {
-				ss[i].ExpiresInSeconds = resp.TTL
+				// A lease granted longer than the TTL (see leaseSlack) outlasts it by that much.
+				ss[i].ExpiresInSeconds = max(resp.TTL-max(resp.GrantedTTL-ss[i].TTLSeconds, 0), 0)
 			}
 		}(i)
 	}
