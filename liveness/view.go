@@ -184,6 +184,7 @@ type View struct {
 	peers   map[string]*peer
 	// floor: every session counts as beaten no earlier than this (see judgeEnd).
 	floor     int64
+	outages   []span // when this node could not reach etcd, oldest first (see Outage)
 	lastPrune int64
 
 	cancel    context.CancelFunc
@@ -210,6 +211,9 @@ type epoch struct {
 	cut   int64
 	beats map[[16]byte]int64
 }
+
+// span is a stretch of view time.
+type span struct{ from, to int64 }
 
 // echo is one answer of a node: its time then, and this node's when the answer came.
 type echo struct{ remote, local int64 }
@@ -431,7 +435,7 @@ func (v *View) Check(id string, ttl time.Duration, knownAt time.Time) Verdict {
 			return Verdict{State: Unknown, Next: later, Waiting: p.name}
 		}
 	}
-	due := f + int64(ttl)
+	due := v.pausedLocked(f, int64(ttl))
 	if due > now {
 		return Verdict{State: Alive, Next: v.wall(due)}
 	}
@@ -444,6 +448,57 @@ func (v *View) Check(id string, ttl time.Duration, knownAt time.Time) Verdict {
 		}
 	}
 	return Verdict{State: Lapsed, Silent: time.Duration(now - f)}
+}
+
+// Outage tells the view that this node could not reach etcd from from to to: no
+// heartbeat could be renewed through it meanwhile, and with etcd down on every node no
+// client could have kept its session alive. That time does not count against any
+// session's TTL, as etcd's lease clock stops without a leader; a session lapses a TTL
+// of time outside outages after its latest beat.
+func (v *View) Outage(from, to time.Time) {
+	a, b := int64(from.Sub(v.start)), int64(to.Sub(v.start))
+	if b <= a {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.outages = append(v.outages, span{a, b})
+	slices.SortFunc(v.outages, func(x, y span) int { return cmpInt(x.from, y.from) })
+	merged := v.outages[:1]
+	for _, o := range v.outages[1:] {
+		if last := &merged[len(merged)-1]; o.from <= last.to {
+			last.to = max(last.to, o.to)
+		} else {
+			merged = append(merged, o)
+		}
+	}
+	v.outages = merged
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// pausedLocked is when a TTL of ttl that starts at f runs out, not counting the
+// outages. Callers hold v.mu.
+func (v *View) pausedLocked(f, ttl int64) int64 {
+	due := f + ttl
+	for _, o := range v.outages {
+		if o.to <= f {
+			continue
+		}
+		if o.from >= due {
+			break
+		}
+		due += o.to - max(o.from, f)
+	}
+	return due
 }
 
 // judgeEndLocked judges the end of p's current process, found at end (it stopped
@@ -701,9 +756,16 @@ func (v *View) silenceLocked(now int64) []func() {
 	return out
 }
 
-// prune drops beats older than Forget.
+// prune drops beats and outages older than Forget.
 func (v *View) prune(now int64) {
 	horizon := now - int64(v.cfg.Forget)
+	v.mu.Lock()
+	i := 0
+	for i < len(v.outages) && v.outages[i].to < horizon {
+		i++
+	}
+	v.outages = slices.Clone(v.outages[i:])
+	v.mu.Unlock()
 	for i := range v.tab {
 		s := &v.tab[i]
 		s.mu.Lock()

@@ -190,6 +190,21 @@ func TestKnownAt(t *testing.T) {
 	}
 }
 
+// TestOutagePausesTTL: the time this node could not reach etcd does not count against
+// a session's TTL.
+func TestOutagePausesTTL(t *testing.T) {
+	m := newMesh(t, []string{"a"})
+	a := m.views["a"]
+	a.Note(id1)
+	noted := time.Now()
+	const ttl = 300 * time.Millisecond
+	a.Outage(noted.Add(100*time.Millisecond), noted.Add(600*time.Millisecond))
+	until(t, 5*time.Second, "the lapse", func() bool { return a.Check(id1, ttl, time.Time{}).State == liveness.Lapsed })
+	if since := time.Since(noted); since < ttl+500*time.Millisecond {
+		t.Fatalf("lapsed %s after the beat, less than the TTL %s plus the 500ms outage", since, ttl)
+	}
+}
+
 // TestSilentThenBackCountsFromItsReturn: a node that stopped reporting for longer than
 // a second and comes back as a new process may have answered heartbeats it never
 // reported, so the others count every session as beaten when they hear from it again.

@@ -108,7 +108,7 @@ type lapse struct {
 // when the view cannot tell.
 func (r *Registry) lapsedNow(ctx context.Context, rec *record) error {
 	v := r.cfg.Liveness
-	if v == nil {
+	if v == nil || !r.etcdFresh() {
 		return nil
 	}
 	vd := v.Check(rec.ID, time.Duration(rec.TTLSeconds)*time.Second, time.Time{})
@@ -126,7 +126,7 @@ func (r *Registry) lapsedNow(ctx context.Context, rec *record) error {
 // and get their end as their error, so they are not renewed.
 func (r *Registry) lapsedInBatch(ctx context.Context, conn string, recs []*record, errs []error) {
 	v := r.cfg.Liveness
-	if v == nil {
+	if v == nil || !r.etcdFresh() {
 		return
 	}
 	var ls []lapse
@@ -322,6 +322,50 @@ func (r *Registry) RunLiveness(ctx context.Context) error {
 	return nil
 }
 
+// outageAfter: a gap this long between two successful reads of etcd on this node is
+// an outage, whose time does not count against the sessions' TTLs (see
+// liveness.View.Outage): while etcd is down no client can keep its session alive, and
+// etcd's own lease clock stops too. A shorter gap, such as an etcd leader election,
+// costs a live client that heartbeats every third of its TTL nothing.
+const outageAfter = 2 * time.Second
+
+// continuity is when this node last read etcd.
+type continuity struct {
+	mu     sync.Mutex
+	lastOK time.Time
+}
+
+// probeEtcd reads etcd once (linearizable, at most a second) and reports whether it
+// could. A success after a gap longer than outageAfter tells v the gap was an outage.
+func (r *Registry) probeEtcd(ctx context.Context, v *liveness.View) bool {
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	_, err := r.cli.Get(cctx, aliveKey, clientv3.WithCountOnly())
+	cancel()
+	if err != nil {
+		return false
+	}
+	now := time.Now()
+	c := &r.etcdSeen
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gap := now.Sub(c.lastOK); !c.lastOK.IsZero() && gap > outageAfter {
+		v.Outage(c.lastOK, now)
+		r.log.Info("liveness: this node could not reach etcd for a while; that time does not count against the sessions' TTLs",
+			"from", c.lastOK.UTC(), "for", gap.Round(time.Millisecond))
+	}
+	c.lastOK = now
+	return true
+}
+
+// etcdFresh reports whether this node read etcd within outageAfter; until it has
+// again, a gap may be an outage the view has not been told of.
+func (r *Registry) etcdFresh() bool {
+	c := &r.etcdSeen
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.lastOK.IsZero() && time.Since(c.lastOK) < outageAfter
+}
+
 // lapseDelay is how long after a session lapsed this node ends it: 0 on the duty
 // leader, else its backstop delay.
 func (r *Registry) lapseDelay() time.Duration {
@@ -340,6 +384,20 @@ func (r *Registry) lapseDelay() time.Duration {
 // node learned of it. What it keeps is a cache of etcd and of the view, so a node that
 // takes over needs nothing from the one before.
 func (r *Registry) endLapses(ctx context.Context, v *liveness.View) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		tick := time.NewTicker(v.Interval())
+		defer tick.Stop()
+		for {
+			r.probeEtcd(ctx, v)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
 	t := newLapseTracker()
 	for ctx.Err() == nil {
 		err := r.followLapses(ctx, v, t)
@@ -426,6 +484,9 @@ func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTrac
 
 // endDue checks every session that has come due and ends those that lapsed.
 func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker, interval time.Duration) {
+	if !r.probeEtcd(ctx, v) {
+		return // an outage, or one just ended: the view learns of it first
+	}
 	now := time.Now()
 	late := r.lapseDelay()
 	silent := map[string]time.Duration{}

@@ -171,6 +171,7 @@ type Registry struct {
 	// their lapse it ends them otherwise (ns).
 	lapseLead     atomic.Int32
 	lapseBackstop atomic.Int64
+	etcdSeen      continuity // when this node last read etcd (see probeEtcd)
 
 	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
