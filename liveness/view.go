@@ -373,11 +373,19 @@ func (v *View) Forget(id string) {
 	s.mu.Unlock()
 }
 
+// lookup returns the latest beat of a session the view knows: merged, or noted here
+// and not sealed yet.
 func (v *View) lookup(k [16]byte) (int64, bool) {
 	s := &v.tab[k[15]%shards]
 	s.mu.RLock()
 	at, ok := s.m[k]
 	s.mu.RUnlock()
+	n := &v.notes[k[15]%shards]
+	n.mu.Lock()
+	if t, noted := n.m[k]; noted && (!ok || t > at) {
+		at, ok = t, true
+	}
+	n.mu.Unlock()
 	return at, ok
 }
 

@@ -108,11 +108,11 @@ type lapse struct {
 // when the view cannot tell.
 func (r *Registry) lapsedNow(ctx context.Context, rec *record) error {
 	v := r.cfg.Liveness
-	if v == nil || !r.etcdFresh() {
+	if v == nil {
 		return nil
 	}
 	vd := v.Check(rec.ID, time.Duration(rec.TTLSeconds)*time.Second, time.Time{})
-	if vd.State != liveness.Lapsed {
+	if vd.State != liveness.Lapsed || !r.etcdFresh() {
 		return nil
 	}
 	if _, err := r.endLapsed(ctx, []lapse{{rec, vd.Silent}}, 1); err != nil {
@@ -126,7 +126,7 @@ func (r *Registry) lapsedNow(ctx context.Context, rec *record) error {
 // and get their end as their error, so they are not renewed.
 func (r *Registry) lapsedInBatch(ctx context.Context, conn string, recs []*record, errs []error) {
 	v := r.cfg.Liveness
-	if v == nil || !r.etcdFresh() {
+	if v == nil {
 		return
 	}
 	var ls []lapse
@@ -139,7 +139,7 @@ func (r *Registry) lapsedInBatch(ctx context.Context, conn string, recs []*recor
 			ls, at = append(ls, lapse{rec, vd.Silent}), append(at, i)
 		}
 	}
-	if len(ls) == 0 {
+	if len(ls) == 0 || !r.etcdFresh() {
 		return
 	}
 	if _, err := r.endLapsed(ctx, ls, lapseTxnsInFlight); err != nil {
@@ -421,7 +421,7 @@ func (r *Registry) followLapses(ctx context.Context, v *liveness.View, t *lapseT
 	seen := map[string]bool{}
 	for kv, err := range r.scan(ctx, sessionsPrefix, clientv3.GetPrefixRangeEnd(sessionsPrefix), scanBatch, &rev) {
 		if err != nil {
-			return translate("read the sessions for the liveness duty", err)
+			return translate("read the sessions for the liveness view", err)
 		}
 		if id := t.add(kv, now, true); id != "" {
 			seen[id] = true
