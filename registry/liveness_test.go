@@ -340,7 +340,7 @@ func TestLivenessEndsOnTheFeed(t *testing.T) {
 	}
 }
 
-// TestLivenessStorm: 10,000 sessions (2,000 under the race detector), heartbeated
+// TestLivenessStorm: 10,000 sessions (1,000 under the race detector), heartbeated
 // through two nodes, stop at once; the duty ends every one of them, each once, as
 // expired by the view. While they are opened and heartbeated a third node gossip shows
 // alive does not report, so the view holds every verdict back however long that takes;
@@ -352,7 +352,7 @@ func TestLivenessStorm(t *testing.T) {
 	}
 	n := 10_000
 	if raceEnabled {
-		n = 2_000
+		n = 1_000
 	}
 	nodes, g := livenessNodes(t, []string{"a", "b"}, "mute")
 	ctx := context.Background()
