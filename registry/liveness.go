@@ -477,16 +477,15 @@ func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTrac
 			}
 		case <-timer.C:
 			r.endDue(ctx, v, t, interval)
-			timer.Reset(t.wait(interval))
+			// At most every quarter interval: sessions that come due together are
+			// checked, and ended, together.
+			timer.Reset(max(t.wait(interval), interval/4))
 		}
 	}
 }
 
 // endDue checks every session that has come due and ends those that lapsed.
 func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker, interval time.Duration) {
-	if !r.probeEtcd(ctx, v) {
-		return // an outage, or one just ended: the view learns of it first
-	}
 	now := time.Now()
 	late := r.lapseDelay()
 	silent := map[string]time.Duration{}
@@ -522,10 +521,19 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 	if len(keys) == 0 {
 		return
 	}
+	// An outage that just ended must be known before anything ends; the probe tells
+	// the view of it, and then the verdicts are taken again.
+	if !r.probeEtcd(ctx, v) {
+		return // they are tried again after lapseRetry
+	}
 	kvs, _, errs := r.getMany(ctx, keys)
 	var ls []lapse
 	for i, kv := range kvs {
 		if errs[i] != nil || kv == nil {
+			continue
+		}
+		id := strings.TrimPrefix(keys[i], sessionsPrefix)
+		if s := t.sessions[id]; s == nil || v.Check(id, s.ttl, s.knownAt).State != liveness.Lapsed {
 			continue
 		}
 		rec, err := decodeRecord(kv)
