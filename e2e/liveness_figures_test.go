@@ -205,7 +205,7 @@ func stormRound(b *testing.B, leaseOnly bool) (first, last time.Duration, byView
 	if leaseOnly {
 		extra = []string{"--liveness-interval", "0"}
 	}
-	c := threeVoters(ctx, b, append(extra, "--log-level", "debug")...)
+	c := threeVoters(ctx, b, extra...)
 	nodes := c.Running()
 	app := c.Client(nodes[0])
 	if _, err := app.PutUser(ctx, "default", "app", registry.UserSpec{Rights: []registry.Right{registry.RightMultiLogin}, Services: []string{"erp"}}); err != nil {
@@ -288,7 +288,6 @@ func stormRound(b *testing.B, leaseOnly bool) (first, last time.Duration, byView
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("TMP last beat at %s", lastBeat.UTC().Format("15:04:05.000"))
 	var firstAt, lastAt time.Time
 	for deadline := lastBeat.Add(2 * time.Minute); time.Now().Before(deadline); sleepCtx(ctx, 100*time.Millisecond) {
 		page, err := counter.List(ctx, registry.ListFilter{Limit: 1})
