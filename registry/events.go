@@ -77,7 +77,8 @@ type Event struct {
 	// cluster was down.
 	Reason string `json:"reason,omitempty"`
 	// By names who ended the session: a token name, "user:<tenant>/<user>",
-	// or "lease" for expiry; of a shutdown_cancelled event, who cancelled.
+	// or for expiry "liveness" (Roster's liveness view) or "lease" (the etcd
+	// lease); of a shutdown_cancelled event, who cancelled.
 	By string `json:"by,omitempty"`
 	// At is when the session was opened (to the second) or ended, when the
 	// shutdown request was made or cancelled; for resync, when the stream
