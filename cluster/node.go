@@ -565,6 +565,11 @@ func (n *Node) Role() string {
 	return n.role
 }
 
+// Peers returns every node gossip knows, this one included, sorted by name: the live
+// ones, and those that died or left until they come back (see Gossip.Peers). It does no
+// I/O: the liveness exchange calls it every push interval.
+func (n *Node) Peers() []Peer { return n.gossip.Peers() }
+
 // loop runs the node's duties every tick and whenever gossip changes: it follows
 // membership, starts the member the leader added for this node, reconciles membership
 // while the local member leads, watches health, and handles the member's end.

@@ -77,12 +77,19 @@ type Event struct {
 	// cluster was down.
 	Reason string `json:"reason,omitempty"`
 	// By names who ended the session: a token name, "user:<tenant>/<user>",
-	// or "lease" for expiry; of a shutdown_cancelled event, who cancelled.
+	// or for expiry "liveness" (Roster's liveness view) or "lease" (the etcd
+	// lease); of a shutdown_cancelled event, who cancelled.
 	By string `json:"by,omitempty"`
 	// At is when the session was opened (to the second) or ended, when the
 	// shutdown request was made or cancelled; for resync, when the stream
 	// resynchronized.
 	At time.Time `json:"at"`
+	// More says that the stream's next event has the same revision: the ends
+	// of sessions that Roster's liveness view ended in one transaction share
+	// it. An HTTP stream gives an event its SSE id only once every event of
+	// its revision is sent, so that a stream resumed after that id misses
+	// none of them. It is not part of the JSON.
+	More bool `json:"-"`
 }
 
 // EventFilter selects the events of a stream. Empty fields match everything.
@@ -362,12 +369,25 @@ func (r *Registry) pump(ctx context.Context, s *EventStream, wch clientv3.WatchC
 			}
 			continue
 		}
+		// The watch never splits a revision between responses, so the events
+		// of one revision that the stream sends are all here: each but the
+		// last says More.
+		var out []Event
 		for _, ev := range resp.Events {
-			e, ok := convert(ev)
-			if ok && !s.send(ctx, e) {
+			if e, ok := convert(ev); ok {
+				if n := len(out); n > 0 && out[n-1].Rev == e.Rev {
+					out[n-1].More = true
+				}
+				out = append(out, e)
+			}
+		}
+		for _, e := range out {
+			if !s.send(ctx, e) {
 				return watchStopped, nil
 			}
-			*next = ev.Kv.ModRevision + 1
+		}
+		if n := len(resp.Events); n > 0 {
+			*next = resp.Events[n-1].Kv.ModRevision + 1
 		}
 		s.progress.Store(*next - 1)
 	}

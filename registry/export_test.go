@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -24,3 +25,24 @@ func (r *Registry) ActivityRevision(ctx context.Context, id string) int64 {
 	}
 	return resp.Kvs[0].ModRevision
 }
+
+// OpenOnLease opens a session on a lease the caller granted, as Open does on the lease
+// it grants (for tests whose leases must outlive the sessions' TTL, as an etcd leader
+// change makes them).
+func (r *Registry) OpenOnLease(ctx context.Context, p Principal, req OpenRequest, lease clientv3.LeaseID) (OpenedSession, error) {
+	if err := requireRole(p, "open sessions", RoleClient, RoleAdmin); err != nil {
+		return OpenedSession{}, err
+	}
+	if err := r.normalize(&req); err != nil {
+		return OpenedSession{}, err
+	}
+	s, err := r.openOnLease(ctx, p, req, lease)
+	if err == nil {
+		r.noteBeat(s.ID)
+	}
+	return s, err
+}
+
+// SetLapseBackstop sets how long after a session lapsed this node ends it when it is
+// not the liveness duty's leader (for tests).
+func (r *Registry) SetLapseBackstop(d time.Duration) { r.lapseBackstop.Store(int64(d)) }

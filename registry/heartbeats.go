@@ -142,10 +142,11 @@ func (r *Registry) HeartbeatBatch(ctx context.Context, p Principal, req BatchHea
 	}
 
 	recs, errs := r.lookupMany(ctx, cr.ID, req.Sessions)
+	r.lapsedInBatch(ctx, cr.ID, recs, errs)
 	leases := []clientv3.LeaseID{clientv3.LeaseID(cr.LeaseID)}
 	var which []int
 	for i, rec := range recs {
-		if rec == nil {
+		if rec == nil || errs[i] != nil {
 			continue
 		}
 		if !usesConnection(&rec.Session, cr.ID) {
@@ -177,7 +178,8 @@ func (r *Registry) HeartbeatBatch(ctx context.Context, p Principal, req BatchHea
 		rec, rr := recs[i], res[j+1]
 		switch {
 		case rr.err == nil:
-			out.Sessions[i].ExpiresInSeconds, out.Sessions[i].Shutdown = rr.ttl, r.pendingFor(rec)
+			r.noteBeat(rec.ID)
+			out.Sessions[i].ExpiresInSeconds, out.Sessions[i].Shutdown = min(rr.ttl, rec.TTLSeconds), r.pendingFor(rec)
 			if active[rec.ID] {
 				touched = append(touched, rec)
 			}

@@ -54,8 +54,8 @@ type HistoryRecord struct {
 	// Reason is the end reason as the session's tombstone says:
 	// closed, killed, expired, shutdown, or a reason added later.
 	Reason EndReason `json:"reason"`
-	// By names who ended it: a token name, "user:<tenant>/<user>", or
-	// "lease" for expiry.
+	// By names who ended it: a token name, "user:<tenant>/<user>", or for
+	// expiry "liveness" (Roster's liveness view) or "lease" (the etcd lease).
 	By string `json:"by"`
 	// Message is the kill reason, the shutdown request's message, or why a
 	// session expired while the cluster was down.

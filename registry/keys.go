@@ -35,6 +35,7 @@ import (
 //	activity/<id>                              a session's last recorded activity, Unix milliseconds, on the session's lease
 //	policies/<module|tenant>/<name>            a clean-up policy of a module or a tenant (JSON)
 //	alive                                      Unix milliseconds, rewritten by every node
+//	peer-secret                                the secret nodes authenticate their liveness pushes with, created once
 //
 // Names are validated (no "/", no control characters) before they reach a
 // key, so one component can never spill into the next.
@@ -66,6 +67,7 @@ const (
 	ixConnPrefix     = indexPrefix + "c/"
 	activityPrefix   = root + "activity/"
 	policiesPrefix   = root + "policies/"
+	peerSecretKey    = root + "peer-secret"
 )
 
 // eventRange is the key range the event streams watch: from sessions/ to

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/roster-dev/roster/liveness"
 )
 
 // Config configures a Registry.
@@ -51,6 +55,11 @@ type Config struct {
 	CleanupInterval time.Duration
 	// Logger receives the registry's own logs; nil discards them.
 	Logger *slog.Logger
+	// Liveness is the node's view of the last heartbeat of every session on any
+	// node (see RunLiveness); the registry notes every heartbeat and open in it.
+	// Nil leaves expiry to the etcd leases alone. The registry does not own it:
+	// its owner starts and closes it.
+	Liveness *liveness.View
 }
 
 // DefaultConfig returns a Config with the documented defaults and no client.
@@ -166,6 +175,12 @@ type Registry struct {
 
 	// audit writes the audit records that belong to no other transaction.
 	audit auditor
+	// lapseLead counts the liveness duty's runs on this node (RunLiveness): while it
+	// is not 0 the node ends lapsed sessions at once; lapseBackstop is how long after
+	// their lapse it ends them otherwise (ns).
+	lapseLead     atomic.Int32
+	lapseBackstop atomic.Int64
+	etcdSeen      continuity // when this node last read etcd (see probeEtcd)
 
 	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
@@ -195,6 +210,7 @@ func New(cfg Config) (*Registry, error) {
 	r.audit.q = make(chan auditWrite, auditQueue)
 	r.audit.tokens, r.audit.refilled = authFailBurst, time.Now()
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
+	r.lapseBackstop.Store(int64(LapseBackstop + time.Duration(mrand.Int64N(int64(LapseBackstop/4)))))
 	return r, nil
 }
 
@@ -203,7 +219,8 @@ func New(cfg Config) (*Registry, error) {
 // session deletions that evicts the cache and records a tombstone for
 // every session whose lease expired, the alive beacon, the watches that
 // keep the pending shutdown requests and the clean-up policies, the
-// shutdown backstop, and the watch that records dead shared connections. If the
+// shutdown backstop, the watch that records dead shared connections, and, with a
+// liveness view, the ending of lapsed sessions (see RunLiveness). If the
 // downtime check cannot read etcd, Start returns its error and starts
 // nothing; cancelling ctx abandons the check.
 func (r *Registry) Start(ctx context.Context) error {
@@ -237,6 +254,13 @@ func (r *Registry) Start(ctx context.Context) error {
 		defer r.wg.Done()
 		r.watchPolicies(r.ctx)
 	}()
+	if v := r.cfg.Liveness; v != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.endLapses(r.ctx, v)
+		}()
+	}
 	return nil
 }
 
@@ -267,6 +291,9 @@ func (r *Registry) evict(id string, rev int64) {
 	r.evictedUpTo = max(r.evictedUpTo, rev)
 	delete(r.live, id)
 	r.forgetActivity(id)
+	if r.cfg.Liveness != nil {
+		r.cfg.Liveness.Forget(id)
+	}
 }
 
 func (r *Registry) forget(id string) {

@@ -163,13 +163,16 @@ func (r *Registry) open(ctx context.Context, p Principal, reqp *OpenRequest) (Op
 	req := *reqp
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	lease, err := r.cli.Grant(cctx, req.TTLSeconds)
+	lease, err := r.cli.Grant(cctx, req.TTLSeconds+r.leaseSlack())
 	if err != nil {
 		return OpenedSession{}, translate("grant lease", err)
 	}
 	opened, err := r.openOnLease(cctx, p, req, lease.ID)
 	if err != nil {
 		r.revoke(lease.ID)
+	}
+	if err == nil {
+		r.noteBeat(opened.ID) // an open counts as a heartbeat
 	}
 	return opened, err
 }
@@ -465,6 +468,9 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	if err != nil {
 		return HeartbeatResult{}, err
 	}
+	if err := r.lapsedNow(ctx, rec); err != nil {
+		return HeartbeatResult{}, err
+	}
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
 	ttl, err := r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
@@ -475,10 +481,11 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	if err != nil {
 		return HeartbeatResult{}, err
 	}
+	r.noteBeat(rec.ID)
 	if req.Active {
 		r.noteActivity(ctx, []*record{rec})
 	}
-	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: ttl, Shutdown: r.pendingFor(rec)}, nil
+	return HeartbeatResult{ID: id, TTLSeconds: rec.TTLSeconds, ExpiresInSeconds: min(ttl, rec.TTLSeconds), Shutdown: r.pendingFor(rec)}, nil
 }
 
 // goneNow explains a session whose lease has just been found gone: its
@@ -573,19 +580,7 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...clientv3.Cmp) (Ended, error) {
 	how.At = time.Now().UTC().Truncate(time.Second)
 	val, _ := json.Marshal(tombstoneOf(rec, how))
-	ops := []clientv3.Op{clientv3.OpDelete(sessionKey(rec.ID))}
-	for _, k := range indexKeys(rec) {
-		ops = append(ops, clientv3.OpDelete(k))
-	}
-	if rec.Seat != "" {
-		ops = append(ops, clientv3.OpDelete(rec.Seat)) // freed with the session, not after the lease's revocation
-	}
-	for _, c := range rec.Connections {
-		if c.Kind == ConnDirect {
-			ops = append(ops, clientv3.OpDelete(connKey(c.ID)))
-		}
-	}
-	ops = append(ops, clientv3.OpDelete(activityKey(rec.ID)))
+	ops := endOps(rec)
 	switch how.Reason { // the ends a person asked for; the history has them all
 	case EndClosed:
 		ops = r.withAudit(ctx, ops, AuditRecord{Action: AuditLogout, Actor: how.By, Tenant: rec.Tenant, User: rec.User, Module: rec.Module, Session: rec.ID})
@@ -659,7 +654,8 @@ func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64)
 			defer cancel()
 			resp, err := r.cli.TimeToLive(cctx, clientv3.LeaseID(leases[i]))
 			if err == nil && resp.TTL > 0 {
-				ss[i].ExpiresInSeconds = resp.TTL
+				// A lease granted longer than the TTL (see leaseSlack) outlasts it by that much.
+				ss[i].ExpiresInSeconds = max(resp.TTL-max(resp.GrantedTTL-ss[i].TTLSeconds, 0), 0)
 			}
 		}(i)
 	}

@@ -127,7 +127,8 @@ type HeartbeatRequest struct {
 type Ended struct {
 	ID     string    `json:"id"`
 	Reason EndReason `json:"reason"`
-	// By names who ended it: a token name, "user:<tenant>/<user>", or "lease" for expiry.
+	// By names who ended it: a token name, "user:<tenant>/<user>", or for expiry
+	// "liveness" (Roster's liveness view, ByLiveness) or "lease" (the etcd lease).
 	By      string    `json:"by,omitempty"`
 	Message string    `json:"message,omitempty"`
 	At      time.Time `json:"at"`

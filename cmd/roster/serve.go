@@ -21,6 +21,7 @@ import (
 
 	"github.com/roster-dev/roster/cluster"
 	"github.com/roster-dev/roster/ha"
+	"github.com/roster-dev/roster/liveness"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/api"
 )
@@ -43,6 +44,7 @@ type serveFlags struct {
 	etcdQuota                                     int64
 	etcdCompaction                                time.Duration
 	cleanupInterval                               time.Duration
+	livenessInterval                              time.Duration
 }
 
 func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
@@ -80,6 +82,7 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.Int64Var(&f.etcdQuota, "etcd-quota-bytes", cluster.DefaultQuotaBytes, "etcd backend quota in bytes")
 	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
 	fs.DurationVar(&f.cleanupInterval, "cleanup-interval", registry.DefaultConfig().CleanupInterval, "how often the duty leader's clean-up ends dead shared connections' sessions, idle and too old ones")
+	fs.DurationVar(&f.livenessInterval, "liveness-interval", liveness.DefaultInterval, "how often each node pushes the heartbeats it answered to the others, so that a dead client's session ends about a TTL after its last heartbeat even across etcd leader changes (50ms-2s; 0 turns this off and leaves expiry to the etcd leases); give every node the same")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: roster serve [flags]\n\nRuns a Roster node: gossip, an embedded etcd member it manages with the other nodes\n(or a client of an external etcd with --etcd-endpoints), and the HTTP API.\nWith an empty data dir and neither --join nor --bootstrap-expect the node starts a\ncluster of its own.\nEvery flag can also be set as ROSTER_<FLAG> (e.g. ROSTER_DATA_DIR).\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -167,6 +170,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err := rcfg.ValidateSettings(); err != nil {
 		return err
 	}
+	if i := f.livenessInterval; i < 0 || (i > 0 && (i < 50*time.Millisecond || i > 2*time.Second)) {
+		return fmt.Errorf("--liveness-interval %s: give 50ms to 2s, or 0 to turn the liveness view off", i)
+	}
 	// Created only once the settings are known good: a bad flag leaves nothing behind.
 	if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
@@ -185,6 +191,17 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	}
 	defer node.Close()
 	rcfg.Client = node.Client()
+	var view *liveness.View
+	if f.livenessInterval > 0 {
+		lcfg := liveness.DefaultConfig()
+		lcfg.Node, lcfg.Interval, lcfg.Peers = f.name, f.livenessInterval, livenessPeers(node)
+		lcfg.Forget = f.maxTTL + time.Hour
+		lcfg.Logger = log.With("component", "liveness")
+		if view, err = liveness.New(lcfg); err != nil {
+			return err
+		}
+		rcfg.Liveness = view
+	}
 	reg, err := registry.New(rcfg)
 	if err != nil {
 		return err
@@ -198,6 +215,14 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err := ensureAdminToken(ctx, reg, f.dataDir, node.Bootstrapped() || len(f.etcdEndpoints) > 0, log); err != nil {
 		return err
 	}
+	if view != nil {
+		secret, err := reg.PeerSecret(ctx)
+		if err != nil {
+			return err
+		}
+		view.Start(secret)
+		defer view.Close()
+	}
 
 	// Singleton duties (shutdown deadlines, the history of ended sessions, clean-up, the audit log's retention) run
 	// on the node that wins the election; another takes over when it dies.
@@ -205,7 +230,8 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		ha.Duty{Name: "shutdown-deadlines", Run: reg.EnforceShutdowns},
 		ha.Duty{Name: "history", Run: reg.RecordHistory},
 		ha.Duty{Name: "cleanup", Run: reg.RunCleanup},
-		ha.Duty{Name: "audit", Run: reg.KeepAudit})
+		ha.Duty{Name: "audit", Run: reg.KeepAudit},
+		ha.Duty{Name: "liveness", Run: reg.RunLiveness})
 	if err != nil {
 		return err
 	}
@@ -213,7 +239,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	defer duties.Close()
 
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Duties: duties, Node: f.name, Logger: log.With("component", "api")}),
+		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Duties: duties, Node: f.name, Logger: log.With("component", "api"), Liveness: view}),
 		ReadHeaderTimeout: 10 * time.Second,
 		// A request body (at most 1 MiB) must arrive within this; a
 		// client that trickles it does not hold a connection longer.
@@ -260,6 +286,20 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		log.Info("roster node stopped")
 	}
 	return err
+}
+
+// livenessPeers lists the nodes gossip knows, for the liveness exchange: their API
+// URLs, and whether gossip declared them dead or they left.
+func livenessPeers(node *cluster.Node) func() []liveness.Peer {
+	return func() []liveness.Peer {
+		ps := node.Peers()
+		out := make([]liveness.Peer, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, liveness.Peer{Name: p.Name, URL: p.Meta.API, Self: p.Self,
+				Gone: p.State == cluster.GossipDead || p.State == cluster.GossipLeft})
+		}
+		return out
+	}
 }
 
 // ensureAdminToken writes a new admin token to <data-dir>/admin.token

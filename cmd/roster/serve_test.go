@@ -23,6 +23,8 @@ func TestServeRejectsBadClusterSettings(t *testing.T) {
 		{[]string{"--dead-after", "0s"}, "dead-after 0s: must be positive"},
 		{[]string{"--history-retention", "-1h"}, "history retention -1h0m0s must not be negative (0 keeps no history)"},
 		{[]string{"--audit-retention", "-1s"}, "audit retention -1s must not be negative (0 keeps no audit log)"},
+		{[]string{"--liveness-interval", "10ms"}, "--liveness-interval 10ms: give 50ms to 2s, or 0 to turn the liveness view off"},
+		{[]string{"--liveness-interval", "-1s"}, "--liveness-interval -1s: give 50ms to 2s"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			dataDir := filepath.Join(t.TempDir(), "data")

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roster-dev/roster/liveness"
 	"github.com/roster-dev/roster/registry"
 )
 
@@ -35,6 +36,9 @@ type Config struct {
 	// EventKeepAlive is how often an idle event stream sends a keepalive
 	// comment; 0 means DefaultEventKeepAlive.
 	EventKeepAlive time.Duration
+	// Liveness receives the other nodes' liveness pushes (POST
+	// /v1/internal/beats); nil makes that endpoint answer 503 unavailable.
+	Liveness *liveness.View
 }
 
 type server struct {
@@ -45,6 +49,7 @@ type server struct {
 	log       *slog.Logger
 	keepAlive time.Duration
 	shutdownState
+	liveness *liveness.View
 }
 
 // New returns the API's http.Handler.
@@ -54,6 +59,7 @@ func New(cfg Config) http.Handler {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &server{reg: cfg.Registry, node: cfg.Node, cluster: cfg.Cluster, duties: cfg.Duties, log: log, keepAlive: cfg.EventKeepAlive}
+	s.liveness = cfg.Liveness
 	if s.keepAlive <= 0 {
 		s.keepAlive = DefaultEventKeepAlive
 	}
@@ -121,6 +127,7 @@ func (s *server) routes() []Route {
 		{"GET /v1/events", s.authed(s.events)},
 		{"GET /v1/cluster/members", s.authedLocal(s.listMembers)},
 		{"GET /v1/cluster/snapshot", s.authedLocal(s.snapshot)},
+		{"POST /v1/internal/beats", s.internalBeats},
 	}
 }
 

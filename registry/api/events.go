@@ -111,8 +111,13 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request, p registry.Princ
 				return
 			}
 			_ = enc.Encode(e) // one line: JSON escapes every line break
-			fmt.Fprintf(&buf, "id: %d\nevent: %s\ndata: %s\n\n", e.Rev, e.Type, bytes.TrimSuffix(data.Bytes(), []byte("\n")))
-			sent = e.Rev
+			if !e.More {
+				// The id only once every event of its revision is sent: a
+				// client resumes after it.
+				fmt.Fprintf(&buf, "id: %d\n", e.Rev)
+				sent = e.Rev
+			}
+			fmt.Fprintf(&buf, "event: %s\ndata: %s\n\n", e.Type, bytes.TrimSuffix(data.Bytes(), []byte("\n")))
 		case <-keepAlive.C:
 			// Every event up to the stream's progress has been sent: a
 			// quiet filtered stream moves its id on, so a resume need not

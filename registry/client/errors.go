@@ -118,7 +118,7 @@ type EndedError struct {
 	// Reason is how it ended.
 	Reason registry.EndReason
 	// By names who ended it, when known: a token name, "user:<tenant>/<user>",
-	// or "lease" for expiry.
+	// or for expiry "liveness" (Roster's liveness view) or "lease" (the etcd lease).
 	By string
 	// Message is the kill reason given by whoever ended it or, for an error
 	// built from an API answer, the server's sentence that says how, by whom

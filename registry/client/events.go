@@ -43,6 +43,11 @@ type EventStream struct {
 	last   int64 // the id to resume after
 	err    error
 	closed bool
+	// The events delivered of revision partialRev, which has more to come:
+	// several events share a revision (sessions ended in one transaction)
+	// and only its last carries the id, so a resumed stream sends them again.
+	partialRev int64
+	partial    map[string]bool
 }
 
 // Events streams the events of every session that f selects (its Tenant,
@@ -249,11 +254,32 @@ func (s *EventStream) read(ctx context.Context, conn *sseConn, bareID bool) (reg
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.Type != registry.EventResync && e.Rev <= s.last {
+	if e.Type == registry.EventResync {
+		s.last, s.partialRev, s.partial = e.Rev, 0, nil // it may move back: the node's history is another
+		return e, true, nil
+	}
+	key := eventKey(&e)
+	if e.Rev <= s.last || (e.Rev == s.partialRev && s.partial[key]) {
 		return registry.Event{}, false, nil // delivered before the reconnection
 	}
-	s.last = e.Rev // a resync may move it back: the node's history is another
+	if id == "" { // more of its revision follow
+		if e.Rev != s.partialRev {
+			s.partialRev, s.partial = e.Rev, map[string]bool{}
+		}
+		s.partial[key] = true
+		return e, true, nil
+	}
+	s.last, s.partialRev, s.partial = e.Rev, 0, nil
 	return e, true, nil
+}
+
+// eventKey tells the events of one revision apart.
+func eventKey(e *registry.Event) string {
+	k := string(e.Type) + " " + e.Session.ID
+	if e.Shutdown != nil {
+		k += " " + e.Shutdown.ID
+	}
+	return k
 }
 
 // connect opens the stream on the endpoints once round, from index first;

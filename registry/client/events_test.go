@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -346,6 +347,37 @@ func TestEventStreamParsing(t *testing.T) {
 	}
 	if _, err := c.Events(context.Background(), registry.EventFilter{SessionID: "x"}, 0); err == nil {
 		t.Fatal("Events sent a session id")
+	}
+}
+
+// TestEventStreamSharedRevision: events that share a revision carry the SSE id only on
+// the last; a stream that breaks between them resumes before the revision, and the
+// client delivers each of its events once.
+func TestEventStreamSharedRevision(t *testing.T) {
+	noID := func(rev int64, typ registry.EventType, id string) string {
+		return strings.TrimPrefix(sseEvent(rev, typ, id), fmt.Sprintf("id: %d\n", rev))
+	}
+	node := newSSENode(t,
+		"id: 5\n\n"+sseEvent(6, registry.EventOpened, "a")+noID(7, registry.EventExpired, "b"),
+		"id: 6\n\n"+noID(7, registry.EventExpired, "b")+noID(7, registry.EventExpired, "c")+sseEvent(7, registry.EventExpired, "d")+sseEvent(8, registry.EventOpened, "e"),
+	)
+	c := newClient(t, node.URL)
+	st, err := c.Events(context.Background(), registry.EventFilter{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, want := range []string{"6 a", "7 b", "7 c", "7 d", "8 e"} {
+		if e := nextEvent(t, st.Events(), st.Err); fmt.Sprintf("%d %s", e.Rev, e.Session.ID) != want {
+			t.Fatalf("event %d %s, want %s", e.Rev, e.Session.ID, want)
+		}
+	}
+	eventually(t, "the third connection", func() bool { node.mu.Lock(); defer node.mu.Unlock(); return len(node.lastIDs) == 3 })
+	node.mu.Lock()
+	got := fmt.Sprint(node.lastIDs)
+	node.mu.Unlock()
+	if got != "[ 6 8]" {
+		t.Fatalf("Last-Event-IDs %s, want [ 6 8]", got)
 	}
 }
 

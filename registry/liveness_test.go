@@ -1,0 +1,429 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/roster-dev/roster/liveness"
+	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/api"
+)
+
+// lnode is one node of a liveness test: a registry on the shared etcd with its own
+// liveness view, whose API (the real handler) serves the other nodes' pushes.
+type lnode struct {
+	name string
+	reg  *registry.Registry
+	view *liveness.View
+}
+
+// gossip is what the nodes of a liveness test see of each other: name → API URL, and
+// which are gone.
+type gossip struct {
+	mu   sync.Mutex
+	urls map[string]string
+	gone map[string]bool
+}
+
+func (g *gossip) peers() []liveness.Peer {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []liveness.Peer
+	for name, url := range g.urls {
+		out = append(out, liveness.Peer{Name: name, URL: url, Gone: g.gone[name]})
+	}
+	return out
+}
+
+func (g *gossip) set(name, url string, gone bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.urls[name], g.gone[name] = url, gone
+}
+
+// livenessNodes wipes etcd and starts one node per name, each pushing to the others
+// every 50 ms, plus, for each of mute, a node gossip shows alive whose API never
+// answers a push (and which never pushes). No duty runs: see runLiveness.
+func livenessNodes(t *testing.T, names []string, mute ...string) ([]*lnode, *gossip) {
+	t.Helper()
+	g := &gossip{urls: map[string]string{}, gone: map[string]bool{}}
+	var nodes []*lnode
+	for i, name := range names {
+		lcfg := liveness.DefaultConfig()
+		lcfg.Node, lcfg.Interval, lcfg.Peers = name, 50*time.Millisecond, g.peers
+		view, err := liveness.New(lcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opt := func(c *registry.Config) { c.Node, c.Liveness = name, view }
+		var r *registry.Registry
+		if i == 0 {
+			r = newRegistry(t, opt) // wipes etcd
+		} else {
+			cfg := registry.DefaultConfig()
+			cfg.Client, cfg.MinTTL = etcd.Client(), time.Second
+			opt(&cfg)
+			if r, err = registry.New(cfg); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(r.Close)
+			if err := r.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv := httptest.NewServer(api.New(api.Config{Registry: r, Node: name, Liveness: view}))
+		t.Cleanup(srv.Close)
+		t.Cleanup(view.Close)
+		g.set(name, srv.URL, false)
+		nodes = append(nodes, &lnode{name: name, reg: r, view: view})
+	}
+	for _, name := range mute {
+		srv := httptest.NewServer(api.New(api.Config{Registry: nodes[0].reg, Node: name})) // no view: 503
+		t.Cleanup(srv.Close)
+		g.set(name, srv.URL, false)
+	}
+	secret, err := nodes[0].reg.PeerSecret(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if s, err := n.reg.PeerSecret(context.Background()); err != nil || s != secret {
+			t.Fatalf("node %s read the peer secret %q, %v; node %s created %q", n.name, s, err, nodes[0].name, secret)
+		}
+		n.view.Start(secret)
+	}
+	return nodes, g
+}
+
+// runLiveness runs n's liveness duty until the test ends.
+func runLiveness(t *testing.T, n *lnode) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.reg.RunLiveness(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// openLong opens a session with a TTL of ttl seconds on a lease of 10 minutes: only
+// Roster's liveness view can end it by expiry, as when an etcd leader change has
+// renewed its lease.
+func openLong(t testing.TB, r *registry.Registry, req registry.OpenRequest) registry.OpenedSession {
+	t.Helper()
+	lease, err := etcd.Client().Grant(context.Background(), 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.OpenOnLease(context.Background(), admin, req, lease.ID)
+	if err != nil {
+		t.Fatalf("open %+v: %v", req, err)
+	}
+	return s
+}
+
+// endedAs returns how session id ended as r answers a Get, or nil while it lives.
+func endedAs(t *testing.T, r *registry.Registry, id string) *registry.Ended {
+	t.Helper()
+	_, err := r.Get(context.Background(), admin, id)
+	var ended *registry.EndedError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ended):
+		return &ended.Ended
+	}
+	t.Fatalf("get %s: %v", id, err)
+	return nil
+}
+
+// beat heartbeats session s through r every period until the test ends or stop is
+// closed, and counts the failures.
+func beat(t *testing.T, r *registry.Registry, s registry.OpenedSession, period time.Duration, stop <-chan struct{}) *atomic.Int32 {
+	var failed atomic.Int32
+	done := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(done)
+		for {
+			if _, err := r.Heartbeat(ctx, admin, s.ID); err != nil && ctx.Err() == nil {
+				failed.Add(1)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-stop:
+				return
+			case <-time.After(period):
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return &failed
+}
+
+// TestLivenessBackstop: with no duty leader, the other nodes end a lapsed session a
+// little later by themselves.
+func TestLivenessBackstop(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a", "b"})
+	s := openLong(t, nodes[0].reg, registry.OpenRequest{User: "orphan", Module: "sales", TTLSeconds: 1})
+	var how *registry.Ended
+	eventually(t, 15*time.Second, "the lapsed session's end", func() bool { how = endedAs(t, nodes[1].reg, s.ID); return how != nil })
+	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness {
+		t.Fatalf("ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+}
+
+// TestLivenessEndsLapsedSession: three nodes; the duty runs on a. A session opened on b
+// and never heartbeated is ended by the view as expired (by liveness) although its lease
+// would live for minutes, freeing its login and its licence seat; a session opened on a
+// and heartbeated only through b, and one heartbeated only through c, live on.
+func TestLivenessEndsLapsedSession(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a", "b", "c"})
+	a, b, c := nodes[0], nodes[1], nodes[2]
+	setSeats(t, a.reg, "default", "sales", 3)
+	runLiveness(t, a)
+
+	dead := openLong(t, b.reg, registry.OpenRequest{User: "dead", Module: "sales", TTLSeconds: 2})
+	viaB := openLong(t, a.reg, registry.OpenRequest{User: "via-b", Module: "sales", TTLSeconds: 2})
+	viaC := openLong(t, c.reg, registry.OpenRequest{User: "via-c", Module: "sales", TTLSeconds: 2})
+	failedB := beat(t, b.reg, viaB, 600*time.Millisecond, nil)
+	failedC := beat(t, c.reg, viaC, 600*time.Millisecond, nil)
+
+	var how *registry.Ended
+	eventually(t, 15*time.Second, "the unbeaten session's end", func() bool { how = endedAs(t, a.reg, dead.ID); return how != nil })
+	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness || !strings.Contains(how.Message, "TTL of 2s") {
+		t.Fatalf("the unbeaten session ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+	for _, n := range nodes {
+		if got := endedAs(t, n.reg, dead.ID); got == nil || got.By != registry.ByLiveness {
+			t.Fatalf("node %s shows the unbeaten session as %+v", n.name, got)
+		}
+	}
+	// Its login and its seat are free: dead may log in again, and a third user gets
+	// the seat it held.
+	openLong(t, c.reg, registry.OpenRequest{User: "dead", Module: "sales", TTLSeconds: 60})
+	if inUse(t, a.reg, "default", "sales") != 3 {
+		t.Fatalf("seats in use after the lapse and two opens: %d, want 3", inUse(t, a.reg, "default", "sales"))
+	}
+
+	// Two more TTLs: the beaten sessions live on.
+	time.Sleep(4 * time.Second)
+	for _, s := range []registry.OpenedSession{viaB, viaC} {
+		if got := endedAs(t, a.reg, s.ID); got != nil {
+			t.Fatalf("session %s (user %s), heartbeated every 0.6 s, ended: %+v", s.ID, s.User, got)
+		}
+	}
+	if failedB.Load() > 0 || failedC.Load() > 0 {
+		t.Fatalf("heartbeats failed: %d through b, %d through c", failedB.Load(), failedC.Load())
+	}
+}
+
+// TestLivenessWaitsForSilentNode: while a node gossip shows alive does not report, the
+// view ends nothing (the leases decide); once gossip says it is gone, the lapsed
+// session is ended.
+func TestLivenessWaitsForSilentNode(t *testing.T) {
+	nodes, g := livenessNodes(t, []string{"a", "b"}, "mute")
+	a, b := nodes[0], nodes[1]
+	runLiveness(t, a)
+	s := openLong(t, b.reg, registry.OpenRequest{User: "quiet", Module: "sales", TTLSeconds: 1})
+
+	time.Sleep(4 * time.Second) // four TTLs
+	if got := endedAs(t, a.reg, s.ID); got != nil {
+		t.Fatalf("a session ended while a live node did not report: %+v", got)
+	}
+	if v := a.view.Check(s.ID, time.Second, time.Now()); v.State != liveness.Unknown || v.Waiting != "mute" {
+		t.Fatalf("a's verdict = %+v, want unknown waiting for mute", v)
+	}
+
+	g.set("mute", "", true)
+	var how *registry.Ended
+	eventually(t, 15*time.Second, "the end once mute is gone", func() bool { how = endedAs(t, a.reg, s.ID); return how != nil })
+	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness {
+		t.Fatalf("ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+}
+
+// TestLivenessLateHeartbeat: a heartbeat that arrives after the view has confirmed its
+// session lapsed is not answered with a renewal: the node ends the session and answers
+// expired, even with no node ending lapsed sessions by itself.
+func TestLivenessLateHeartbeat(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a", "b"})
+	a, b := nodes[0], nodes[1]
+	for _, n := range nodes {
+		n.reg.SetLapseBackstop(time.Hour) // no node ends lapsed sessions by itself
+	}
+	s := openLong(t, a.reg, registry.OpenRequest{User: "late", Module: "sales", TTLSeconds: 1})
+	eventually(t, 15*time.Second, "b's view finding the session lapsed", func() bool {
+		return b.view.Check(s.ID, time.Second, time.Time{}).State == liveness.Lapsed
+	})
+	_, err := b.reg.Heartbeat(context.Background(), admin, s.ID)
+	var ended *registry.EndedError
+	if !errors.As(err, &ended) || ended.Ended.Reason != registry.EndExpired || ended.Ended.By != registry.ByLiveness {
+		t.Fatalf("late heartbeat = %v, want expired by %s", err, registry.ByLiveness)
+	}
+	if got := endedAs(t, a.reg, s.ID); got == nil || got.By != registry.ByLiveness {
+		t.Fatalf("after the late heartbeat a shows %+v", got)
+	}
+}
+
+// TestLivenessLeaseOutlastsTTL: on a node with a view a session's lease is granted
+// LeaseSlack longer than its TTL, so the view, not the lease, ends a dead client's
+// session; heartbeats and Get still count down the TTL.
+func TestLivenessLeaseOutlastsTTL(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a", "b"})
+	a := nodes[0]
+	runLiveness(t, a)
+	ctx := context.Background()
+	s := open(t, nodes[1].reg, admin, registry.OpenRequest{User: "slack", Module: "sales", TTLSeconds: 2})
+	kv, err := etcd.Client().Get(ctx, "/roster/v1/sessions/"+s.ID)
+	if err != nil || len(kv.Kvs) != 1 {
+		t.Fatalf("read the session: %v", err)
+	}
+	ttl, err := etcd.Client().TimeToLive(ctx, clientv3.LeaseID(kv.Kvs[0].Lease))
+	if err != nil || ttl.GrantedTTL != 2+int64(registry.LeaseSlack/time.Second) {
+		t.Fatalf("lease granted %+v, %v; want %d s", ttl, err, 2+int64(registry.LeaseSlack/time.Second))
+	}
+	hb, err := nodes[1].reg.Heartbeat(ctx, admin, s.ID)
+	if err != nil || hb.ExpiresInSeconds != 2 || hb.TTLSeconds != 2 {
+		t.Fatalf("heartbeat = %+v, %v; want TTL and expires-in 2", hb, err)
+	}
+	if got, err := a.reg.Get(ctx, admin, s.ID); err != nil || got.ExpiresInSeconds > 2 {
+		t.Fatalf("get = %+v, %v; want expires-in at most 2", got, err)
+	}
+	var how *registry.Ended
+	eventually(t, 15*time.Second, "the end", func() bool { how = endedAs(t, a.reg, s.ID); return how != nil })
+	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness {
+		t.Fatalf("ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+}
+
+// TestLivenessEndsOnTheFeed: sessions the view ends in one transaction share a
+// revision; the feed delivers each one's end, expired by liveness, and every event but
+// the last of the revision says More.
+func TestLivenessEndsOnTheFeed(t *testing.T) {
+	nodes, g := livenessNodes(t, []string{"a", "b"}, "mute")
+	a := nodes[0]
+	runLiveness(t, a)
+	want := map[string]bool{}
+	for i := range 3 {
+		want[openLong(t, nodes[i%2].reg, registry.OpenRequest{User: fmt.Sprintf("feed-%d", i), Module: "sales", TTLSeconds: 1}).ID] = true
+	}
+	feed := events(t, nodes[1].reg, admin, registry.EventFilter{}, 0)
+	g.set("mute", "", true) // all three lapse together a TTL from now
+	var ends []registry.Event
+	for len(ends) < len(want) {
+		e := nextEvent(t, feed)
+		if e.Type == registry.EventExpired && want[e.Session.ID] {
+			ends = append(ends, e)
+		}
+	}
+	for i, e := range ends {
+		if e.By != registry.ByLiveness {
+			t.Errorf("end of %s by %q, want %q", e.Session.ID, e.By, registry.ByLiveness)
+		}
+		if last := i == len(ends)-1 || ends[i+1].Rev != e.Rev; e.More == last {
+			t.Errorf("event %d (rev %d): More %v, but the last of its revision: %v", i, e.Rev, e.More, last)
+		}
+	}
+	if ends[0].Rev != ends[2].Rev {
+		t.Logf("the three ends took more than one transaction (revisions %d, %d, %d)", ends[0].Rev, ends[1].Rev, ends[2].Rev)
+	}
+}
+
+// TestLivenessStorm: 10,000 sessions (1,000 under the race detector), heartbeated
+// through two nodes, stop at once; the duty ends every one of them, each once, as
+// expired by the view. While they are opened and heartbeated a third node gossip shows
+// alive does not report, so the view holds every verdict back however long that takes;
+// when gossip declares it gone, every session counts as beaten then and all lapse
+// together a TTL later.
+func TestLivenessStorm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens 10,000 sessions")
+	}
+	n := 10_000
+	if raceEnabled {
+		n = 1_000
+	}
+	nodes, g := livenessNodes(t, []string{"a", "b"}, "mute")
+	ctx := context.Background()
+	cli := etcd.Client()
+
+	// Leases granted by the test that outlive it: only the view ends the sessions.
+	ids := make([]string, n)
+	var mu sync.Mutex
+	var errs []error
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	run := func(f func(i int) error) {
+		for i := range n {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := f(i); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			t.Fatalf("%d of %d calls failed, e.g. %v", len(errs), n, errs[0])
+		}
+	}
+	begin := time.Now()
+	run(func(i int) error {
+		lease, err := cli.Grant(ctx, 600)
+		if err != nil {
+			return err
+		}
+		s, err := nodes[i%2].reg.OpenOnLease(ctx, admin, registry.OpenRequest{User: fmt.Sprintf("s%05d", i), Module: "storm", TTLSeconds: 2}, lease.ID)
+		ids[i] = s.ID
+		return err
+	})
+	run(func(i int) error { // each heartbeated through the node that did not open it
+		_, err := nodes[(i+1)%2].reg.Heartbeat(ctx, admin, ids[i])
+		return err
+	})
+	t.Logf("opened and heartbeated %d sessions in %s", n, time.Since(begin).Round(time.Millisecond))
+
+	runLiveness(t, nodes[0])
+	g.set("mute", "", true)
+	stopped := time.Now()
+	count := func(prefix string) int64 {
+		resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Count
+	}
+	eventually(t, 60*time.Second, "every session's end", func() bool { return count("/roster/v1/sessions/") == 0 })
+	t.Logf("the silent node declared gone to the last of %d sessions ended: %s (TTL 2 s)", n, time.Since(stopped).Round(time.Millisecond))
+
+	resp, err := cli.Get(ctx, "/roster/v1/tombstones/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byView := 0
+	for _, kv := range resp.Kvs {
+		if strings.Contains(string(kv.Value), `"reason":"expired","by":"liveness"`) {
+			byView++
+		}
+	}
+	if len(resp.Kvs) != n || byView != n {
+		t.Fatalf("%d tombstones, %d of them expired by liveness; want %d and %d", len(resp.Kvs), byView, n, n)
+	}
+	if left := count("/roster/v1/ix/") + count("/roster/v1/activity/"); left != 0 {
+		t.Fatalf("%d index or activity keys left after every session ended", left)
+	}
+}
