@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -146,6 +147,13 @@ type Registry struct {
 	// watched is how far the session watch has handled deletions.
 	watched watchProgress
 
+	// deadlines is what this node has seen of its sessions' lease deadlines
+	// (listings show it as expires_in_seconds).
+	deadlines leaseDeadlines
+	// noRangeStream is set once etcd has answered that it has no
+	// RangeStream (before 3.7): listings then read ranges in batches.
+	noRangeStream atomic.Bool
+
 	tombMu        sync.Mutex
 	tombLease     clientv3.LeaseID
 	tombLeaseFrom time.Time
@@ -195,6 +203,7 @@ func New(cfg Config) (*Registry, error) {
 	r.audit.q = make(chan auditWrite, auditQueue)
 	r.audit.tokens, r.audit.refilled = authFailBurst, time.Now()
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
+	r.renewer.tell(&r.deadlines)
 	return r, nil
 }
 

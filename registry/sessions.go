@@ -262,6 +262,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			rec.createRev = resp.Header.Revision
 			r.remember(&rec, resp.Header.Revision)
 			rec.ExpiresInSeconds = rec.TTLSeconds
+			r.deadlines.note(rec.LeaseID, rec.TTLSeconds, now)
 			return OpenedSession{Session: rec.Session, Token: token}, nil
 		}
 		holders := resp.Responses[0].GetResponseRange().Kvs
@@ -647,7 +648,8 @@ func (r *Registry) tombstoneLease(ctx context.Context, fresh bool) (clientv3.Lea
 }
 
 // fillExpiry sets ExpiresInSeconds from each session's lease, asking etcd
-// for up to 16 leases at once.
+// for up to 16 leases at once; this node notes each answer (see
+// leaseDeadlines).
 func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64) {
 	sem := make(chan struct{}, 16)
 	done := make(chan struct{}, len(ss))
@@ -657,9 +659,11 @@ func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64)
 			defer func() { <-sem; done <- struct{}{} }()
 			cctx, cancel := r.opCtx(ctx)
 			defer cancel()
+			asked := time.Now()
 			resp, err := r.cli.TimeToLive(cctx, clientv3.LeaseID(leases[i]))
 			if err == nil && resp.TTL > 0 {
 				ss[i].ExpiresInSeconds = resp.TTL
+				r.deadlines.note(leases[i], resp.TTL, asked)
 			}
 		}(i)
 	}
