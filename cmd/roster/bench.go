@@ -149,7 +149,7 @@ needed against an external etcd, whose URLs the API does not know. No TLS.
 Sessions are opened in --module (list: MODULE-0 to MODULE-9) by users
 bench-<run id>-<n>, with --ttl; the run cleans up what it opened (Ctrl-C too, within
 30 s). A set-up open that fails as unavailable (a node too slow to answer in time) is
-tried up to 3 times. Operations started before the end of --duration are completed and counted.`,
+tried up to 5 times, over about 15 s. Operations started before the end of --duration are completed and counted.`,
 		setup: func(fs *pflag.FlagSet) action {
 			f := &benchFlags{}
 			f.define(fs)

@@ -53,12 +53,13 @@ func (b *bench) openSession(ctx context.Context, c *client.Client, req registry.
 }
 
 // setupAttempts bounds the tries of one set-up open (see openSetup).
-const setupAttempts = 3
+const setupAttempts = 5
 
 // openSetup opens one session of a workload's set-up through c. An open
 // that fails as unavailable (a node or etcd too slow to answer in time,
 // as on a loaded machine opening 100,000 sessions, or a failover) is tried
-// again, setupAttempts times in all, a second later each time. The failed
+// again, setupAttempts times in all, after 1, 2, 4, 8 s (etcd stalls for
+// over ten seconds on such a machine now and then). The failed
 // attempt may have made the session after all: a later attempt that meets
 // already_logged_in logs out the user's sessions in the module (the run's
 // users are its own) and opens again, so that no session of the run is
@@ -73,7 +74,7 @@ func (b *bench) openSetup(ctx context.Context, c *client.Client, req registry.Op
 			select {
 			case <-ctx.Done():
 				return s, err
-			case <-time.After(time.Second):
+			case <-time.After(time.Second << (attempt - 1)):
 			}
 		case attempt > 1 && errors.Is(err, client.ErrAlreadyLoggedIn):
 			if err := b.closeUserSessions(ctx, c, req); err != nil {
