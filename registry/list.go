@@ -263,9 +263,9 @@ const (
 	// recordTxnsInFlight bounds the transactions of point reads one page
 	// sends at once.
 	recordTxnsInFlight = 4
-	// denseSlack is how many records beyond a run's own a range read of
-	// its span may return (the sessions of other tenants in between)
-	// before the rest of the run is read key by key: a quarter.
+	// A range read of a run of n keys' records may return n + n/denseSlack
+	// records (other tenants' sessions lie between them) before the rest
+	// of the run is read key by key.
 	denseSlack = 4
 )
 
