@@ -103,6 +103,11 @@ func TestNodesBootstrapExpectAndStandby(t *testing.T) {
 		if m.Gossip != GossipAlive || !strings.HasPrefix(m.APIURL, "http://127.0.0.1:") {
 			t.Errorf("member %+v: want gossip alive and its API URL", m)
 		}
+		for _, c := range cfgs {
+			if c.Member.Name == m.Name && m.EtcdClientURL != "http://"+c.Member.ClientListen {
+				t.Errorf("member %s: etcd client URL %q, want http://%s (its --etcd-listen)", m.Name, m.EtcdClientURL, c.Member.ClientListen)
+			}
+		}
 	}
 	if leaders != 1 {
 		t.Errorf("%d leaders in %+v, want 1", leaders, ms)
@@ -127,6 +132,26 @@ func TestNodesBootstrapExpectAndStandby(t *testing.T) {
 	waitRoles(t, nodes[0], map[string]string{"n1": RoleVoter, "n2": RoleVoter, "n3": RoleVoter, "n4": RoleLearner})
 	more = append(more, startNodes(t, c5)...)
 	waitRoles(t, nodes[0], map[string]string{"n1": RoleVoter, "n2": RoleVoter, "n3": RoleVoter, "n4": RoleLearner, "n5": RoleNone})
+	// The learner's client URL is known once its member has started.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ms, err := nodes[0].Members(ctx)
+		cancel()
+		var bad []string
+		for _, m := range ms {
+			if (m.Name == "n4") != (m.EtcdClientURL == "http://"+c4.Member.ClientListen) || (m.Name == "n5" && m.EtcdClientURL != "") {
+				bad = append(bad, fmt.Sprintf("%s %q", m.Name, m.EtcdClientURL))
+			}
+		}
+		if err == nil && len(bad) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd client URLs %v (error %v): want the learner n4's http://%s and none for n5, which runs no member", bad, err, c4.Member.ClientListen)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if r := more[1].Role(); r != RoleNone {
 		t.Errorf("n5 role %q, want none", r)
 	}

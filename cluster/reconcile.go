@@ -365,7 +365,7 @@ func (n *Node) Members(ctx context.Context) ([]MemberStatus, error) {
 		s := MemberStatus{
 			Name: p.Name, Site: p.Meta.Site, Pool: p.Meta.Pool, APIURL: p.Meta.API,
 			Gossip: p.State, EtcdRole: RoleNone, Address: p.Addr, PeerURL: p.Meta.Peer,
-			Healthy: p.State == GossipAlive && p.Meta.Healthy,
+			Healthy: p.State == GossipAlive && p.Meta.Healthy, EtcdClientURL: p.Meta.Client,
 		}
 		if p.Meta.Role == RoleExternal {
 			s.EtcdRole = RoleExternal
@@ -385,6 +385,9 @@ func (n *Node) Members(ctx context.Context) ([]MemberStatus, error) {
 				if len(m.peerURLs) > 0 {
 					s.PeerURL = m.peerURLs[0]
 				}
+				if len(m.clientURLs) > 0 {
+					s.EtcdClientURL = m.clientURLs[0]
+				}
 			}
 		}
 		out = append(out, s)
@@ -399,6 +402,9 @@ func (n *Node) Members(ctx context.Context) ([]MemberStatus, error) {
 		}
 		if len(m.peerURLs) > 0 {
 			s.PeerURL = m.peerURLs[0]
+		}
+		if len(m.clientURLs) > 0 {
+			s.EtcdClientURL = m.clientURLs[0]
 		}
 		out = append(out, s)
 	}

@@ -31,4 +31,8 @@ type MemberStatus struct {
 	Address      string `json:"address,omitempty"`        // gossip address host:port
 	EtcdMemberID string `json:"etcd_member_id,omitempty"` // hex
 	PeerURL      string `json:"peer_url,omitempty"`
+	// EtcdClientURL is the URL the node's etcd member serves clients on (its
+	// --etcd-listen), as the member list has it, else as the node gossips it;
+	// empty when the node runs no member or its member has not started.
+	EtcdClientURL string `json:"etcd_client_url,omitempty"`
 }

@@ -33,6 +33,7 @@ type benchJSON struct {
 		RatioOf    string     `json:"ratio_of"`
 		RatioMeans string     `json:"ratio_means"`
 	} `json:"results"`
+	EtcdEndpoints []string `json:"etcd_endpoints"`
 }
 
 type benchSide struct {
@@ -194,7 +195,8 @@ func TestBenchCounts(t *testing.T) {
 
 // TestBenchBaseline: with --baseline etcd every workload runs on Roster and
 // on the node's etcd, round for round, and gives a ratio; the raw keys and
-// the sessions are gone afterwards.
+// the sessions are gone afterwards. The etcd endpoints come from GET
+// /v1/cluster/members, or from --etcd-endpoints, which overrides them.
 func TestBenchBaseline(t *testing.T) {
 	node, dir, env := startSingle(t)
 	ctx := testContext(t, 3*time.Minute)
@@ -207,10 +209,13 @@ func TestBenchBaseline(t *testing.T) {
 		return res
 	}
 	etcd := "--etcd-endpoints=http://" + node.Etcd
-	base := []string{"--baseline", "etcd", etcd, "--module", "bb"}
+	base := []string{"--baseline", "etcd", "--module", "bb"}
 	bench := func(args ...string) benchJSON {
 		t.Helper()
 		rep := runBench(t, run, append(args, base...)...)
+		if len(rep.EtcdEndpoints) != 1 || rep.EtcdEndpoints[0] != "http://"+node.Etcd {
+			t.Errorf("%s: baseline etcd at %v, want the node's http://%s", rep.Workload, rep.EtcdEndpoints, node.Etcd)
+		}
 		for _, r := range rep.Results {
 			if r.Etcd == nil || r.Ratio == nil || *r.Ratio <= 0 {
 				t.Errorf("%s %s: no baseline or ratio: etcd %+v, ratio %v", r.Workload, r.Phase, r.Etcd, r.Ratio)
@@ -225,7 +230,7 @@ func TestBenchBaseline(t *testing.T) {
 		}
 	}
 
-	rep := bench("open", "--total", "30", "--clients", "4", "--rounds", "2")
+	rep := bench("open", "--total", "30", "--clients", "4", "--rounds", "2", etcd)
 	r := rep.Results[0]
 	ok("open roster", r.Roster, 60)
 	ok("open etcd", r.Etcd, 60)

@@ -51,6 +51,8 @@ type MemberStatus struct {
 	Address      string `json:"address"`
 	EtcdMemberID string `json:"etcd_member_id"`
 	PeerURL      string `json:"peer_url"`
+	// EtcdClientURL is the node's etcd client URL, empty without a member.
+	EtcdClientURL string `json:"etcd_client_url"`
 }
 
 // Members is the answer of GET /v1/cluster/members with helpers for the

@@ -218,7 +218,8 @@ func TestClusterForms(t *testing.T) {
 
 // checkMemberRows checks what every row of a settled cluster must say: a
 // name, the node's API URL and gossip address, and for etcd members an id
-// and the node's peer URL; no two rows share a name or member id.
+// and the node's peer and etcd client URLs; no two rows share a name or
+// member id.
 func checkMemberRows(t *testing.T, c *e2e.Cluster, ms e2e.Members) {
 	t.Helper()
 	names, ids := map[string]bool{}, map[string]bool{}
@@ -241,6 +242,9 @@ func checkMemberRows(t *testing.T, c *e2e.Cluster, ms e2e.Members) {
 			ids[m.EtcdMemberID] = true
 			if m.PeerURL != n.PeerURL() {
 				t.Errorf("row %s: peer_url %q, want %q", m.Name, m.PeerURL, n.PeerURL())
+			}
+			if m.EtcdClientURL != "http://"+n.Etcd {
+				t.Errorf("row %s: etcd_client_url %q, want http://%s", m.Name, m.EtcdClientURL, n.Etcd)
 			}
 		}
 	}

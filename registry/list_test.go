@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/roster-dev/roster/registry"
 )
@@ -156,4 +157,117 @@ func matches(s registry.Session, f registry.ListFilter) bool {
 	eq := func(want, got string) bool { return want == "" || want == got }
 	return eq(f.Tenant, s.Tenant) && eq(f.User, s.User) && eq(f.Module, s.Module) && eq(f.Pool, s.Pool) &&
 		eq(f.Site, s.Site) && eq(f.Node, s.Node) && eq(string(f.ClientKind), string(s.ClientKind))
+}
+
+// TestListExpiresIn: a listing takes expires_in_seconds from what its node
+// has seen of each session's lease, and asks etcd nothing: the node that
+// opened or renewed a session counts down from then, another node shows
+// the full TTL until it renews the session itself or reads it with Get,
+// which asks etcd and is exact.
+func TestListExpiresIn(t *testing.T) {
+	r := newRegistry(t)
+	r2 := secondNode(t)
+	ctx := context.Background()
+	s := open(t, r, admin, registry.OpenRequest{User: "alice", Module: "sales", TTLSeconds: 30})
+	listed := func(r *registry.Registry) int64 {
+		t.Helper()
+		page, err := r.List(ctx, admin, registry.ListFilter{})
+		if err != nil || len(page.Sessions) != 1 || page.Sessions[0].ID != s.ID {
+			t.Fatalf("List = %+v, %v", page, err)
+		}
+		return page.Sessions[0].ExpiresInSeconds
+	}
+	// Not a poll: the test needs whole seconds to pass between the open
+	// and the listing.
+	time.Sleep(2100 * time.Millisecond)
+	opened := listed(r)
+	if opened > 27 || opened < 20 {
+		t.Errorf("the opening node lists %d s left 2.1 s after the open of a 30 s session, want 27 (less on a slow machine)", opened)
+	}
+	if got := listed(r2); got != 30 {
+		t.Errorf("a node that saw no renewal lists %d s left, want the TTL, 30", got)
+	}
+	if _, err := r2.Heartbeat(ctx, admin, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := listed(r2); got <= opened {
+		t.Errorf("the node that renewed it lists %d s left, want more than the %d s the opening node listed before", got, opened)
+	}
+	unseen := listed(r)
+	if unseen > opened {
+		t.Errorf("the opening node lists %d s left after a renewal it did not see, want its own count, at most %d", unseen, opened)
+	}
+	g, err := r.Get(ctx, admin, s.ID)
+	if err != nil || g.ExpiresInSeconds <= unseen {
+		t.Fatalf("Get = %+v, %v: want etcd's TTL since the renewal, more than %d", g, err, unseen)
+	}
+	if got := listed(r); got < g.ExpiresInSeconds-1 {
+		t.Errorf("after Get, the node lists %d s left, want what etcd said, %d", got, g.ExpiresInSeconds)
+	}
+}
+
+// TestListUncached: a node that has cached none or some of the sessions
+// (they were opened through another node) lists exactly what the node
+// that opened them lists, page for page, whichever way it reads the
+// records: ranges of a tenant's records (two tenants interleaved, so a
+// range holds only some of a page), key by key, from its cache.
+func TestListUncached(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	for i := range 600 {
+		open(t, r, admin, registry.OpenRequest{Tenant: []string{"default", "acme"}[i%2], User: fmt.Sprintf("u%d", i),
+			Module: []string{"sales", "hr", "stock"}[i%3], Labels: map[string]string{"i": fmt.Sprint(i)}})
+	}
+	all := func(r *registry.Registry, f registry.ListFilter) []registry.Session {
+		t.Helper()
+		var out []registry.Session
+		for {
+			page, err := r.List(ctx, admin, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, page.Sessions...)
+			if page.NextCursor == "" {
+				return out
+			}
+			f.Cursor = page.NextCursor
+		}
+	}
+	same := func(a, b []registry.Session) bool {
+		if len(a) != len(b) {
+			return false
+		}
+		for i := range a {
+			x, y := a[i], b[i]
+			x.ExpiresInSeconds, y.ExpiresInSeconds = 0, 0
+			if fmt.Sprint(x) != fmt.Sprint(y) {
+				return false
+			}
+		}
+		return true
+	}
+	tests := []struct {
+		name   string
+		filter registry.ListFilter
+	}{
+		{"everything", registry.ListFilter{Limit: 70}},
+		{"tenant", registry.ListFilter{Tenant: "acme", Limit: 70}},
+		{"module", registry.ListFilter{Module: "hr", Limit: 70}},
+		{"kind", registry.ListFilter{ClientKind: registry.KindUI, Limit: 70}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			other := secondNode(t)
+			// It opens a few itself, which r has not cached.
+			for i := range 5 {
+				open(t, other, admin, registry.OpenRequest{User: fmt.Sprintf("o-%s-%d", tt.name, i), Module: "hr"})
+			}
+			want := all(r, tt.filter)
+			for pass := range 2 { // uncached, then cached
+				if got := all(other, tt.filter); !same(got, want) {
+					t.Fatalf("pass %d: another node lists %d sessions, the opening node %d, or they differ", pass, len(got), len(want))
+				}
+			}
+		})
+	}
 }

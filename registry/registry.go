@@ -155,6 +155,13 @@ type Registry struct {
 	// watched is how far the session watch has handled deletions.
 	watched watchProgress
 
+	// deadlines is what this node has seen of its sessions' lease deadlines
+	// (listings show it as expires_in_seconds).
+	deadlines leaseDeadlines
+	// noRangeStream is set once etcd has answered that it has no
+	// RangeStream (before 3.7): listings then read ranges in batches.
+	noRangeStream atomic.Bool
+
 	tombMu        sync.Mutex
 	tombLease     clientv3.LeaseID
 	tombLeaseFrom time.Time
@@ -211,6 +218,7 @@ func New(cfg Config) (*Registry, error) {
 	r.audit.tokens, r.audit.refilled = authFailBurst, time.Now()
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
 	r.lapseBackstop.Store(int64(LapseBackstop + time.Duration(mrand.Int64N(int64(LapseBackstop/4)))))
+	r.renewer.tell(&r.deadlines)
 	return r, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"strconv"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -42,6 +43,7 @@ type renewStream struct {
 	cancel  context.CancelFunc
 	waiters map[int64][]chan renewResult
 	wg      sync.WaitGroup
+	seen    *leaseDeadlines // told of every renewal answered; nil: none
 }
 
 func newRenewer(ctx context.Context, cli *clientv3.Client, n int) *renewer {
@@ -135,6 +137,14 @@ func (r *renewer) renewAll(ctx context.Context, ids []clientv3.LeaseID) []renewR
 	return out
 }
 
+// tell makes the streams note every renewal answered in d (see
+// leaseDeadlines). Call it before the first renewal.
+func (r *renewer) tell(d *leaseDeadlines) {
+	for _, s := range r.streams {
+		s.seen = d
+	}
+}
+
 func (r *renewer) close() {
 	for _, s := range r.streams {
 		s.mu.Lock()
@@ -191,6 +201,9 @@ func (s *renewStream) receive(st pb.Lease_LeaseKeepAliveClient) {
 		res := renewResult{ttl: resp.TTL}
 		if resp.TTL <= 0 {
 			res = renewResult{err: errLeaseGone}
+		}
+		if s.seen != nil {
+			s.seen.note(resp.ID, resp.TTL, time.Now())
 		}
 		s.mu.Lock()
 		if s.stream != st {

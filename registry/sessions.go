@@ -265,6 +265,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			rec.createRev = resp.Header.Revision
 			r.remember(&rec, resp.Header.Revision)
 			rec.ExpiresInSeconds = rec.TTLSeconds
+			r.deadlines.note(rec.LeaseID, rec.TTLSeconds+r.leaseSlack(), now)
 			return OpenedSession{Session: rec.Session, Token: token}, nil
 		}
 		holders := resp.Responses[0].GetResponseRange().Kvs
@@ -642,7 +643,8 @@ func (r *Registry) tombstoneLease(ctx context.Context, fresh bool) (clientv3.Lea
 }
 
 // fillExpiry sets ExpiresInSeconds from each session's lease, asking etcd
-// for up to 16 leases at once.
+// for up to 16 leases at once; this node notes each answer (see
+// leaseDeadlines).
 func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64) {
 	sem := make(chan struct{}, 16)
 	done := make(chan struct{}, len(ss))
@@ -652,10 +654,12 @@ func (r *Registry) fillExpiry(ctx context.Context, ss []Session, leases []int64)
 			defer func() { <-sem; done <- struct{}{} }()
 			cctx, cancel := r.opCtx(ctx)
 			defer cancel()
+			asked := time.Now()
 			resp, err := r.cli.TimeToLive(cctx, clientv3.LeaseID(leases[i]))
 			if err == nil && resp.TTL > 0 {
 				// A lease granted longer than the TTL (see leaseSlack) outlasts it by that much.
 				ss[i].ExpiresInSeconds = max(resp.TTL-max(resp.GrantedTTL-ss[i].TTLSeconds, 0), 0)
+				r.deadlines.note(leases[i], resp.TTL, asked)
 			}
 		}(i)
 	}

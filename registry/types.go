@@ -73,7 +73,11 @@ type OpenRequest struct {
 	Connections []string `json:"connections,omitempty"`
 }
 
-// Session is a live session as the API shows it.
+// Session is a live session as the API shows it. ExpiresInSeconds is what
+// is left of the lease's TTL: as etcd says it for an open, a heartbeat and
+// Get; in a List, as the answering node last saw the lease renewed, or
+// TTLSeconds if it saw no renewal still running (docs/api.md, GET
+// /v1/sessions).
 type Session struct {
 	ID               string            `json:"id"`
 	Tenant           string            `json:"tenant"`

@@ -142,12 +142,14 @@ each kind of operation of mixed (above 1: Roster takes longer). The raw work:
   list             a range read of --page-size session-sized values
   mixed            the same mix of those raw operations
 The raw keys live under /roster-bench/<run id>/ and are deleted at the end. The
-baseline needs --etcd-endpoints: the client URLs of the etcd members (each node's
---etcd-listen; the API does not report them). No TLS.
+baseline (and --leader-change) talks to the etcd voters at the client URLs GET
+/v1/cluster/members reports (etcd_client_url); --etcd-endpoints overrides them, and is
+needed against an external etcd, whose URLs the API does not know. No TLS.
 
 Sessions are opened in --module (list: MODULE-0 to MODULE-9) by users
 bench-<run id>-<n>, with --ttl; the run cleans up what it opened (Ctrl-C too, within
-30 s). Operations started before the end of --duration are completed and counted.`,
+30 s). A set-up open that fails as unavailable (a node too slow to answer in time) is
+tried up to 5 times, over about 15 s. Operations started before the end of --duration are completed and counted.`,
 		setup: func(fs *pflag.FlagSet) action {
 			f := &benchFlags{}
 			f.define(fs)
@@ -188,7 +190,7 @@ func (f *benchFlags) define(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.ttl, "ttl", 0, "TTL of the sessions, whole seconds (default 60s, or --duration plus 30s if longer; kill-latency 5m; expiry 10s; list 30m)")
 	fs.IntVar(&f.rounds, "rounds", 0, "run `N` rounds (default 1; 3 with --baseline)")
 	fs.StringVar(&f.baseline, "baseline", "", "`NAME` of the baseline: etcd does the same work directly on the cluster's etcd, interleaved, and gives ratios")
-	fs.StringSliceVar(&f.etcdEndpoints, "etcd-endpoints", nil, "comma-separated etcd client `URLS` (http://host:port, each node's --etcd-listen); needed by --baseline and --leader-change")
+	fs.StringSliceVar(&f.etcdEndpoints, "etcd-endpoints", nil, "comma-separated etcd client `URLS` (http://host:port, each node's --etcd-listen) for --baseline and --leader-change (default: the voters' etcd_client_url from GET /v1/cluster/members)")
 	fs.BoolVar(&f.leaderChange, "leader-change", false, "expiry: move the etcd leader to another member half a TTL after the last heartbeat")
 	fs.IntVar(&f.batchSize, "batch-size", registry.MaxBatchSessions, "batch-heartbeat: sessions per POST /v1/heartbeats, 1-10000")
 	fs.IntVar(&f.pageSize, "page-size", registry.MaxListLimit, "list, mixed: sessions per page, 1-1000")
@@ -265,14 +267,6 @@ func (f *benchFlags) check(wl string) error {
 	}
 	if len(f.etcdEndpoints) > 0 && f.baseline == "" && !f.leaderChange {
 		return usagef(path, "--etcd-endpoints is only used with --baseline etcd or --leader-change")
-	}
-	if (f.baseline != "" || f.leaderChange) && len(f.etcdEndpoints) == 0 {
-		what := "--baseline etcd"
-		if f.baseline == "" {
-			what = "--leader-change"
-		}
-		return usagef(path, "%s needs --etcd-endpoints: the client URLs of the cluster's etcd members, e.g. http://127.0.0.1:7401 "+
-			"(each node's --etcd-listen); GET /v1/cluster/members does not report them", what)
 	}
 	for _, ep := range f.etcdEndpoints {
 		if err := checkEtcdEndpoint(ep); err != nil {
@@ -450,6 +444,13 @@ func newBench(ctx context.Context, inv *invocation, f *benchFlags, wl string) (*
 	if _, err := b.api[0].Do(ctx, http.MethodGet, "/v1/sessions", url.Values{"limit": {"1"}}, nil); err != nil {
 		return nil, inv.hint(fmt.Errorf("check the token with GET /v1/sessions: %w", err))
 	}
+	if len(f.etcdEndpoints) == 0 && (f.baseline != "" || f.leaderChange) {
+		eps, err := b.etcdVoters(ctx)
+		if err != nil {
+			return nil, err
+		}
+		f.etcdEndpoints = eps // the report and the progress lines name them
+	}
 	if len(f.etcdEndpoints) > 0 {
 		raw, err := dialEtcd(ctx, f.etcdEndpoints, b.runID, int64(f.ttl/time.Second))
 		if err != nil {
@@ -495,6 +496,35 @@ func (b *bench) checkSameCluster(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// etcdVoters returns the etcd client URLs of the cluster's voters as GET
+// /v1/cluster/members reports them, for a baseline or a leader change run
+// without --etcd-endpoints.
+func (b *bench) etcdVoters(ctx context.Context) ([]string, error) {
+	what := "--baseline etcd"
+	if b.f.baseline == "" {
+		what = "--leader-change"
+	}
+	members, err := b.members(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: find the etcd client URLs with GET /v1/cluster/members (or give --etcd-endpoints): %w", what, err)
+	}
+	var eps []string
+	for _, m := range members {
+		if m.EtcdRole == cluster.RoleVoter && m.EtcdClientURL != "" {
+			if err := checkEtcdEndpoint(m.EtcdClientURL); err != nil {
+				return nil, usagef("bench", "%s: GET /v1/cluster/members gives %s the etcd client URL %s; give --etcd-endpoints", what, m.Name, err)
+			}
+			eps = append(eps, m.EtcdClientURL)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, usagef("bench", "%s needs --etcd-endpoints: GET /v1/cluster/members reports no etcd client URL of a voter "+
+			"(an external etcd, or nodes that predate etcd_client_url); give the client URLs of the cluster's etcd members, e.g. http://127.0.0.1:7401", what)
+	}
+	slices.Sort(eps)
+	return eps, nil
 }
 
 // members returns GET /v1/cluster/members.

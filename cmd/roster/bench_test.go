@@ -95,8 +95,6 @@ func TestBenchCommandLineErrors(t *testing.T) {
 		{"leader change of open", []string{"bench", "open", "--leader-change"}, "--leader-change does not apply to workload open; it applies to expiry"},
 		{"zero rounds", []string{"bench", "open", "--rounds", "0"}, "--rounds 0: give 1 to 100 rounds"},
 		{"unknown baseline", []string{"bench", "open", "--baseline", "redis"}, `--baseline "redis": the only baseline is etcd`},
-		{"baseline without etcd endpoints", []string{"bench", "open", "--baseline", "etcd"}, "--baseline etcd needs --etcd-endpoints: the client URLs of the cluster's etcd members"},
-		{"leader change without etcd endpoints", []string{"bench", "expiry", "--leader-change"}, "--leader-change needs --etcd-endpoints"},
 		{"etcd endpoints alone", []string{"bench", "open", etcd}, "--etcd-endpoints is only used with --baseline etcd or --leader-change"},
 		{"etcd endpoint without scheme", []string{"bench", "open", "--baseline", "etcd", "--etcd-endpoints", "127.0.0.1:7401"}, `--etcd-endpoints: "127.0.0.1:7401" has no scheme: write http://127.0.0.1:7401`},
 		{"etcd endpoint with TLS", []string{"bench", "open", "--baseline", "etcd", "--etcd-endpoints", "https://10.0.0.1:7401"}, "TLS is not supported"},

@@ -52,13 +52,69 @@ func (b *bench) openSession(ctx context.Context, c *client.Client, req registry.
 	return apiSession{id: s.ID, token: s.Token, user: req.User}, nil
 }
 
+// setupAttempts bounds the tries of one set-up open (see openSetup).
+const setupAttempts = 5
+
+// openSetup opens one session of a workload's set-up through c. An open
+// that fails as unavailable (a node or etcd too slow to answer in time,
+// as on a loaded machine opening 100,000 sessions, or a failover) is tried
+// again, setupAttempts times in all, after 1, 2, 4, 8 s (etcd stalls for
+// over ten seconds on such a machine now and then). The failed
+// attempt may have made the session after all: a later attempt that meets
+// already_logged_in logs out the user's sessions in the module (the run's
+// users are its own) and opens again, so that no session of the run is
+// left unknown.
+func (b *bench) openSetup(ctx context.Context, c *client.Client, req registry.OpenRequest) (apiSession, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := b.openSession(ctx, c, req)
+		switch {
+		case err == nil || attempt == setupAttempts:
+			return s, err
+		case errors.Is(err, client.ErrUnavailable):
+			select {
+			case <-ctx.Done():
+				return s, err
+			case <-time.After(time.Second << (attempt - 1)):
+			}
+		case attempt > 1 && errors.Is(err, client.ErrAlreadyLoggedIn):
+			if err := b.closeUserSessions(ctx, c, req); err != nil {
+				return apiSession{}, err
+			}
+		default:
+			return s, err
+		}
+	}
+}
+
+// closeUserSessions logs out the sessions of req's user in req's module.
+func (b *bench) closeUserSessions(ctx context.Context, c *client.Client, req registry.OpenRequest) error {
+	q := url.Values{"user": {req.User}, "module": {req.Module}}
+	if req.Tenant != "" {
+		q.Set("tenant", req.Tenant)
+	}
+	data, err := c.Do(ctx, http.MethodGet, "/v1/sessions", q, nil)
+	if err != nil {
+		return err
+	}
+	var page registry.SessionPage
+	if err := json.Unmarshal(data, &page); err != nil {
+		return &codeError{codeBadAnswer, "GET /v1/sessions: " + err.Error()}
+	}
+	for _, s := range page.Sessions {
+		if _, err := c.CloseSession(ctx, s.ID, ""); err != nil && !isGone(err) {
+			return err
+		}
+	}
+	return nil
+}
+
 // openMany opens n sessions for a workload's set-up, setupWorkers at a
-// time, spread over the endpoints; req(i) is the i-th one's request. On an
-// error it closes those it opened.
+// time, spread over the endpoints, each with openSetup; req(i) is the i-th
+// one's request. On an error it closes those it opened.
 func (b *bench) openMany(ctx context.Context, n int, req func(i int) registry.OpenRequest) ([]apiSession, error) {
 	out := make([]apiSession, n)
 	err := b.parallel(ctx, "opening "+groupDigits(int64(n))+" sessions", n, setupWorkers, func(ctx context.Context, i int) error {
-		s, err := b.openSession(ctx, b.api[i%len(b.api)], req(i))
+		s, err := b.openSetup(ctx, b.api[i%len(b.api)], req(i))
 		out[i] = s
 		return err
 	})

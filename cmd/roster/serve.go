@@ -45,6 +45,7 @@ type serveFlags struct {
 	etcdCompaction                                time.Duration
 	cleanupInterval                               time.Duration
 	livenessInterval                              time.Duration
+	pprofListen                                   string
 }
 
 func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
@@ -83,6 +84,7 @@ func newServeFlags(stderr io.Writer) (*pflag.FlagSet, *serveFlags) {
 	fs.DurationVar(&f.etcdCompaction, "etcd-compaction-retention", cluster.DefaultCompactionRetention, "history etcd keeps before auto-compaction")
 	fs.DurationVar(&f.cleanupInterval, "cleanup-interval", registry.DefaultConfig().CleanupInterval, "how often the duty leader's clean-up ends dead shared connections' sessions, idle and too old ones")
 	fs.DurationVar(&f.livenessInterval, "liveness-interval", liveness.DefaultInterval, "how often each node pushes the heartbeats it answered to the others, so that a dead client's session ends about a TTL after its last heartbeat even across etcd leader changes (50ms-2s; 0 turns this off and leaves expiry to the etcd leases); give every node the same")
+	fs.StringVar(&f.pprofListen, "pprof-listen", "", "address to serve Go's runtime profiles on (/debug/pprof/, no authentication: use loopback); off by default")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: roster serve [flags]\n\nRuns a Roster node: gossip, an embedded etcd member it manages with the other nodes\n(or a client of an external etcd with --etcd-endpoints), and the HTTP API.\nWith an empty data dir and neither --join nor --bootstrap-expect the node starts a\ncluster of its own.\nEvery flag can also be set as ROSTER_<FLAG> (e.g. ROSTER_DATA_DIR).\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -182,6 +184,13 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return fmt.Errorf("listen for the API on %s: %w (is another node running? pick another --listen)", f.listen, err)
 	}
 	defer ln.Close()
+	var pprofLn net.Listener
+	if f.pprofListen != "" {
+		if pprofLn, err = listenPprof(f.pprofListen); err != nil {
+			return err
+		}
+		defer pprofLn.Close()
+	}
 
 	// Start order: cluster node, registry, API. Stop order is the reverse; with --leave
 	// the node leaves the cluster once the API and the registry have stopped.
@@ -254,6 +263,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		}
 		return nil
 	})
+	if pprofLn != nil {
+		g.Go(func() error { return servePprof(gctx, pprofLn, log) })
+	}
 	g.Go(func() error {
 		select {
 		case err := <-node.Err():

@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,5 +44,45 @@ func TestServeRejectsBadClusterSettings(t *testing.T) {
 				t.Fatalf("the data dir was created by a node that refused to start: %v", err)
 			}
 		})
+	}
+}
+
+// TestServePprof: --pprof-listen serves Go's profiles on an address of its
+// own, and a taken address stops the node before it starts.
+func TestServePprof(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	var stderr bytes.Buffer
+	args := []string{"--data-dir", filepath.Join(t.TempDir(), "data"), "--name", "n1", "--listen", "127.0.0.1:0",
+		"--pprof-listen", taken.Addr().String()}
+	if code := runServe(context.Background(), args, &stderr); code != 1 {
+		t.Fatalf("exit %d, want 1; stderr:\n%s", code, &stderr)
+	}
+	if want := "listen for pprof on " + taken.Addr().String(); !strings.Contains(stderr.String(), want) {
+		t.Fatalf("stderr does not say %q:\n%s", want, &stderr)
+	}
+
+	ln, err := listenPprof("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- servePprof(ctx, ln, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile") {
+		t.Fatalf("GET /debug/pprof/goroutine: %s\n%.200s", resp.Status, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("servePprof after its context ended: %v", err)
 	}
 }

@@ -1,0 +1,101 @@
+package registry
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+// TestDecodeIndexAttrs: the direct reading of index values agrees with
+// encoding/json, for what json.Marshal writes and for what it must hand
+// over to encoding/json.
+func TestDecodeIndexAttrs(t *testing.T) {
+	marshal := func(a indexAttrs) string {
+		b, err := json.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	tests := []struct {
+		name  string
+		value string
+		plain bool // read directly, without encoding/json
+	}{
+		{"as written", marshal(indexAttrs{"default", "alice", "sales", "blue", "fra", "n1", KindUI, "tok1"}), true},
+		{"no site", marshal(indexAttrs{Tenant: "acme", User: "bob", Module: "hr", Pool: "default", Node: "n2", Kind: KindAppServer, OpenedByToken: "t"}), true},
+		{"unicode", marshal(indexAttrs{Tenant: "müller", User: "渡辺", Module: "sales", Pool: "p", Node: "n", Kind: KindUI}), true},
+		{"quote in a name", marshal(indexAttrs{Tenant: "a\"b", User: "u", Module: "m", Pool: "p", Node: "n", Kind: KindUI}), false},
+		{"backslash and html", marshal(indexAttrs{Tenant: `a\b`, User: "<u>&", Module: "m", Pool: "p", Node: "n", Kind: KindUI}), false},
+		{"other order", `{"u":"alice","t":"default","k":"ui"}`, true},
+		{"empty object", `{}`, true},
+		{"unknown key", `{"t":"default","x":"y"}`, false},
+		{"number", `{"t":"default","n":1}`, false},
+		{"spaces", `{"t": "default"}`, false},
+		{"trailing bytes", `{"t":"default"}x`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var plain indexAttrs
+			if got := plainIndexAttrs([]byte(tt.value), &plain); got != tt.plain {
+				t.Fatalf("plainIndexAttrs(%s) = %v, want %v", tt.value, got, tt.plain)
+			}
+			var want indexAttrs
+			wantErr := json.Unmarshal([]byte(tt.value), &want)
+			got, err := decodeIndexAttrs([]byte(tt.value))
+			if (err != nil) != (wantErr != nil) || got != want {
+				t.Fatalf("decodeIndexAttrs(%s) = %+v, %v; encoding/json says %+v, %v", tt.value, got, err, want, wantErr)
+			}
+			if tt.plain && plain != want {
+				t.Fatalf("read directly %+v, encoding/json says %+v", plain, want)
+			}
+		})
+	}
+}
+
+// TestLeaseDeadlines: the newest deadline seen counts, in whole seconds
+// left; a deadline that has passed is as good as none, and the sweep drops
+// it.
+func TestLeaseDeadlines(t *testing.T) {
+	var d leaseDeadlines
+	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	if _, ok := d.remaining(1, t0); ok {
+		t.Fatal("a lease never seen has a deadline")
+	}
+	d.note(1, 60, t0)
+	d.note(2, 30, t0)
+	d.note(2, 0, t0.Add(time.Second)) // a lease gone: no deadline
+	tests := []struct {
+		name   string
+		lease  int64
+		at     time.Time
+		left   int64
+		hasAny bool
+	}{
+		{"just renewed", 1, t0, 60, true},
+		{"half a second on", 1, t0.Add(500 * time.Millisecond), 59, true},
+		{"ten seconds on", 2, t0.Add(10 * time.Second), 20, true},
+		{"last second", 2, t0.Add(29500 * time.Millisecond), 0, true},
+		{"run out", 2, t0.Add(30 * time.Second), 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			left, ok := d.remaining(tt.lease, tt.at)
+			if left != tt.left || ok != tt.hasAny {
+				t.Fatalf("remaining = %d, %v; want %d, %v", left, ok, tt.left, tt.hasAny)
+			}
+		})
+	}
+	d.note(1, 60, t0.Add(-time.Minute)) // an older answer does not move it back
+	if left, _ := d.remaining(1, t0); left != 60 {
+		t.Fatalf("after an older renewal: %d left, want 60", left)
+	}
+	d.note(3, 10, t0.Add(deadlineSweep)) // sweeps: lease 2 ran out at t0+30s
+	d.mu.Lock()
+	_, kept := d.at[2]
+	n := len(d.at)
+	d.mu.Unlock()
+	if kept || n != 2 {
+		t.Fatalf("after the sweep: lease 2 kept %v, %d leases; want it dropped and 2 left", kept, n)
+	}
+}
