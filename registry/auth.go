@@ -37,6 +37,11 @@ type Principal struct {
 	// ended marks a session token whose session has ended: it may still
 	// learn how (heartbeat, get, close answer 410) and nothing else.
 	ended bool
+	// tokenHash and tokenRev are set when AuthenticateForOpen found the API
+	// token in the node's copy: Open checks that its entry is still at
+	// tokenRev (see checkToken).
+	tokenHash string
+	tokenRev  int64
 }
 
 // AdminPrincipal is an admin API-token holder of the given name, for
@@ -129,10 +134,53 @@ func (r *Registry) authAPIToken(ctx context.Context, tok string, serializable bo
 	// The key lookup already matched the hash; comparing again in constant
 	// time keeps the decision itself free of timing differences.
 	if subtle.ConstantTimeCompare([]byte(st.Hash), []byte(hash)) != 1 {
-		return Principal{}, fmt.Errorf("%w: unknown or revoked API token", ErrUnauthenticated)
+		return Principal{}, revokedToken()
 	}
 	return Principal{Role: st.Role, Name: st.Name, TokenID: st.id()}, nil
 }
+
+// AuthenticateForOpen is Authenticate for a principal that will only open a
+// session (Open): it finds an API token in the node's copy of the tokens
+// (see rightsCache) instead of reading it, and leaves the check that the
+// token still exists to the open: its transaction compares the token's
+// entry with the copy's, and a refused open reads the token before it
+// answers. So a token revoked a moment ago, even through another node,
+// opens nothing and learns nothing. The principal is good for Open only:
+// other calls would not check the token again. A token the copy lacks is
+// authenticated as by Authenticate.
+func (r *Registry) AuthenticateForOpen(ctx context.Context, bearer string) (Principal, error) {
+	if strings.HasPrefix(bearer, apiTokenPrefix) {
+		hash := hashToken(bearer)
+		if kv := r.rights.token(tokenHashKey(hash)); kv != nil {
+			var st storedToken
+			if json.Unmarshal(kv.Value, &st) == nil && subtle.ConstantTimeCompare([]byte(st.Hash), []byte(hash)) == 1 {
+				return Principal{Role: st.Role, Name: st.Name, TokenID: st.id(), tokenHash: hash, tokenRev: kv.ModRevision}, nil
+			}
+		}
+	}
+	return r.Authenticate(ctx, bearer)
+}
+
+// checkToken reads the API token of a principal from AuthenticateForOpen and
+// answers ErrUnauthenticated unless its entry is still the one the node's
+// copy had; nil for any other principal.
+func (r *Registry) checkToken(ctx context.Context, p Principal) error {
+	if p.tokenRev == 0 {
+		return nil
+	}
+	cctx, cancel := r.opCtx(ctx)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, tokenHashKey(p.tokenHash), clientv3.WithKeysOnly())
+	if err != nil {
+		return translate("read token", err)
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != p.tokenRev {
+		return revokedToken()
+	}
+	return nil
+}
+
+func revokedToken() error { return fmt.Errorf("%w: unknown or revoked API token", ErrUnauthenticated) }
 
 func (r *Registry) authSessionToken(ctx context.Context, tok string) (Principal, error) {
 	rest := strings.TrimPrefix(tok, sessionTokenPrefix)

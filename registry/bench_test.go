@@ -25,6 +25,13 @@ import (
 // Each runs 64 concurrent clients (b.SetParallelism(32) on 2 cores; see
 // parallelism). Opens report opens/s; heartbeats report heartbeats/s.
 
+// reportCPU reports the CPU time the process used per op since cpu0
+// (cpu-us/op): registry, embedded etcd and clients together. Unlike the
+// throughput, it hardly depends on what else the machine runs.
+func reportCPU(b *testing.B, cpu0 time.Duration) {
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
+}
+
 // parallelism makes RunParallel run 64 goroutines whatever GOMAXPROCS is.
 func parallelism(b *testing.B) {
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
@@ -56,6 +63,7 @@ func benchOpens(b *testing.B, r *registry.Registry) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := seq.Add(1)
@@ -67,6 +75,7 @@ func benchOpens(b *testing.B, r *registry.Registry) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "opens/s")
+	reportCPU(b, cpu0)
 }
 
 // BenchmarkRawGrantTxn: the raw etcd floor of an open, Grant + a Txn that
@@ -77,6 +86,7 @@ func BenchmarkRawGrantTxn(b *testing.B) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := seq.Add(1)
@@ -96,6 +106,7 @@ func BenchmarkRawGrantTxn(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "opens/s")
+	reportCPU(b, cpu0)
 }
 
 // BenchmarkHeartbeat: Roster heartbeats (session lookup + renewal over a
@@ -109,6 +120,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			id := ids[seq.Add(1)%int64(len(ids))]
@@ -120,6 +132,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "heartbeats/s")
+	reportCPU(b, cpu0)
 }
 
 // BenchmarkRawKeepAlive: the raw etcd floor of a heartbeat, one renewal
@@ -138,6 +151,7 @@ func BenchmarkRawKeepAlive(b *testing.B) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(p *testing.PB) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -160,6 +174,7 @@ func BenchmarkRawKeepAlive(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "heartbeats/s")
+	reportCPU(b, cpu0)
 }
 
 // BenchmarkHistoryLag: how long after a session's end its history record is

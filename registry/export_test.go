@@ -36,7 +36,7 @@ func (r *Registry) OpenOnLease(ctx context.Context, p Principal, req OpenRequest
 	if err := r.normalize(&req); err != nil {
 		return OpenedSession{}, err
 	}
-	s, err := r.openOnLease(ctx, p, req, lease)
+	s, err := r.openOnLease(ctx, p, req, &sessionLease{pooledLease: pooledLease{id: lease, since: time.Now()}})
 	if err == nil {
 		r.noteBeat(s.ID)
 	}
@@ -46,3 +46,70 @@ func (r *Registry) OpenOnLease(ctx context.Context, p Principal, req OpenRequest
 // SetLapseBackstop sets how long after a session lapsed this node ends it when it is
 // not the liveness duty's leader (for tests).
 func (r *Registry) SetLapseBackstop(d time.Duration) { r.lapseBackstop.Store(int64(d)) }
+
+// PooledLeases waits (up to 10 s) until the lease pool is settled: every
+// TTL's pool full, no grant under way and none to revoke. It returns the
+// leases in the pool (for tests).
+func (r *Registry) PooledLeases() []int64 {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lp := &r.leases
+		lp.mu.Lock()
+		settled := len(lp.drop) == 0 && lp.revoking == 0
+		var ids []int64
+		for _, p := range lp.byTTL {
+			settled = settled && p.granting == 0 && len(p.free) == poolLeases
+			for _, l := range p.free {
+				ids = append(ids, int64(l.id))
+			}
+		}
+		lp.mu.Unlock()
+		if settled || time.Now().After(deadline) {
+			return ids
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// HoldRights makes this node's copy of the user master and the licences
+// stop applying changes until release is called, so that a test can make it
+// stale on purpose (for tests).
+func (r *Registry) HoldRights() (release func()) {
+	hold := make(chan struct{})
+	r.rights.mu.Lock()
+	r.rights.hold = hold
+	r.rights.mu.Unlock()
+	return func() {
+		r.rights.mu.Lock()
+		r.rights.hold = nil
+		r.rights.mu.Unlock()
+		close(hold)
+	}
+}
+
+// RightsReady reports whether this node's copy of the user master and the
+// licences is loaded and watched (for tests).
+func (r *Registry) RightsReady() bool {
+	r.rights.mu.RLock()
+	defer r.rights.mu.RUnlock()
+	return r.rights.ready
+}
+
+// CachedRevision is the mod revision of key in this node's copy of the user
+// master and the licences: 0 when the copy has no such key, -1 when it is
+// not ready (for tests).
+func (r *Registry) CachedRevision(key string) int64 {
+	r.rights.mu.RLock()
+	defer r.rights.mu.RUnlock()
+	switch {
+	case !r.rights.ready:
+		return -1
+	case r.rights.kvs[key] == nil:
+		return 0
+	}
+	return r.rights.kvs[key].ModRevision
+}
+
+// FromCopy reports whether AuthenticateForOpen found p's API token in the
+// node's copy, leaving its check to Open (for tests).
+func (p Principal) FromCopy() bool { return p.tokenRev != 0 }

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -93,7 +92,7 @@ func BenchmarkList(b *testing.B) {
 		cursors := make([]string, readers)
 		var reader atomic.Int64
 		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
-		cpu0 := cpuTime(b)
+		cpu0 := cpuTime()
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			w := int(reader.Add(1)-1) % readers
@@ -118,7 +117,7 @@ func BenchmarkList(b *testing.B) {
 			mu.Unlock()
 		})
 		b.StopTimer()
-		reportPages(b, lats, cpuTime(b)-cpu0)
+		reportPages(b, lats, cpuTime()-cpu0)
 	}
 	b.Run("unfiltered", func(b *testing.B) { page(b, registry.ListFilter{}, false) })
 	b.Run("unfiltered-cold", func(b *testing.B) { page(b, registry.ListFilter{}, true) })
@@ -134,7 +133,7 @@ func BenchmarkList(b *testing.B) {
 		cursors := make([]string, readers)
 		var reader atomic.Int64
 		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
-		cpu0 := cpuTime(b)
+		cpu0 := cpuTime()
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			w := int(reader.Add(1)-1) % readers
@@ -161,7 +160,7 @@ func BenchmarkList(b *testing.B) {
 			mu.Unlock()
 		})
 		b.StopTimer()
-		reportPages(b, lats, cpuTime(b)-cpu0)
+		reportPages(b, lats, cpuTime()-cpu0)
 	})
 }
 
@@ -179,13 +178,4 @@ func reportPages(b *testing.B, lats []time.Duration, cpu time.Duration) {
 	b.ReportMetric(q(0.50), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 	b.ReportMetric(float64(cpu)/float64(time.Millisecond)/float64(len(lats)), "cpu-ms/page")
-}
-
-// cpuTime returns the CPU time (user and system) this process has used.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -189,6 +189,11 @@ type Registry struct {
 	lapseBackstop atomic.Int64
 	etcdSeen      continuity // when this node last read etcd (see probeEtcd)
 
+	// rights is the node's copy of the user master and the licences
+	// (watchRights keeps it); leases keeps pre-granted leases for opens.
+	rights rightsCache
+	leases leasePool
+
 	// streamsMu orders the start of event streams (goTracked) before
 	// Close's wait for them.
 	streamsMu sync.Mutex
@@ -227,10 +232,11 @@ func New(cfg Config) (*Registry, error) {
 // session deletions that evicts the cache and records a tombstone for
 // every session whose lease expired, the alive beacon, the watches that
 // keep the pending shutdown requests and the clean-up policies, the
-// shutdown backstop, the watch that records dead shared connections, and, with a
-// liveness view, the ending of lapsed sessions (see RunLiveness). If the
-// downtime check cannot read etcd, Start returns its error and starts
-// nothing; cancelling ctx abandons the check.
+// shutdown backstop, the watch that records dead shared connections, the one
+// that keeps the node's copy of the user master and the licences for opens
+// (see rightsCache), and, with a liveness view, the ending of lapsed
+// sessions (see RunLiveness). If the downtime check cannot read etcd, Start
+// returns its error and starts nothing; cancelling ctx abandons the check.
 func (r *Registry) Start(ctx context.Context) error {
 	if err := r.expireDowntime(ctx); err != nil {
 		return err
@@ -269,6 +275,11 @@ func (r *Registry) Start(ctx context.Context) error {
 			r.endLapses(r.ctx, v)
 		}()
 	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.watchRights(r.ctx)
+	}()
 	return nil
 }
 
@@ -318,7 +329,8 @@ func (r *Registry) forgetAll() {
 
 // Close stops the registry: (1) it refuses new event streams, (2) cancels
 // the background work, the event streams and the heartbeat streams, (3)
-// waits for their goroutines. Safe to call twice.
+// waits for their goroutines, (4) revokes the leases left in the lease
+// pool, best effort. Safe to call twice.
 func (r *Registry) Close() {
 	r.once.Do(func() {
 		r.streamsMu.Lock()
@@ -327,6 +339,7 @@ func (r *Registry) Close() {
 		r.cancel()
 		r.renewer.close()
 		r.wg.Wait()
+		r.closeLeases()
 	})
 }
 

@@ -27,6 +27,7 @@ type renewer struct {
 	ctx     context.Context
 	cli     *clientv3.Client
 	streams []*renewStream
+	leader  *leaderConns
 }
 
 type renewResult struct {
@@ -35,8 +36,9 @@ type renewResult struct {
 }
 
 type renewStream struct {
-	ctx context.Context
-	cli *clientv3.Client
+	ctx    context.Context
+	cli    *clientv3.Client
+	leader *leaderConns
 
 	mu      sync.Mutex
 	stream  pb.Lease_LeaseKeepAliveClient
@@ -44,12 +46,13 @@ type renewStream struct {
 	waiters map[int64][]chan renewResult
 	wg      sync.WaitGroup
 	seen    *leaseDeadlines // told of every renewal answered; nil: none
+	opened  time.Time       // when stream was opened
 }
 
 func newRenewer(ctx context.Context, cli *clientv3.Client, n int) *renewer {
-	r := &renewer{ctx: ctx, cli: cli}
+	r := &renewer{ctx: ctx, cli: cli, leader: &leaderConns{cli: cli}}
 	for i := 0; i < n; i++ {
-		r.streams = append(r.streams, &renewStream{ctx: ctx, cli: cli, waiters: map[int64][]chan renewResult{}})
+		r.streams = append(r.streams, &renewStream{ctx: ctx, cli: cli, leader: r.leader, waiters: map[int64][]chan renewResult{}})
 	}
 	return r
 }
@@ -154,6 +157,7 @@ func (r *renewer) close() {
 		s.mu.Unlock()
 		s.wg.Wait()
 	}
+	r.leader.close()
 }
 
 // send queues a waiter and sends the request, opening the stream if
@@ -165,14 +169,25 @@ func (s *renewStream) send(id int64, ch chan renewResult) (context.CancelFunc, e
 	if err := s.ctx.Err(); err != nil {
 		return nil, err
 	}
+	if s.stream != nil && len(s.waiters) == 0 && time.Since(s.opened) >= leaderRecheck {
+		// Idle and old: reopen it, on the leader's member if the leader
+		// moved (see leaderConns); nobody waits for an answer on it.
+		s.cancel()
+		s.stream, s.cancel = nil, nil
+	}
 	if s.stream == nil {
 		ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.ctx))
-		st, err := pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(ctx)
+		conn, toLeader := s.leader.conn(ctx)
+		st, err := pb.NewLeaseClient(conn).LeaseKeepAlive(ctx)
+		if err != nil && toLeader {
+			s.leader.avoidLeader() // unreachable from here: use the client's own member
+			st, err = pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(ctx)
+		}
 		if err != nil {
 			cancel()
 			return nil, streamErr("open keepalive stream", err)
 		}
-		s.stream, s.cancel = st, cancel
+		s.stream, s.cancel, s.opened = st, cancel, time.Now()
 		s.wg.Add(1)
 		go s.receive(st)
 	}
@@ -231,6 +246,7 @@ func (s *renewStream) failLocked(st pb.Lease_LeaseKeepAliveClient, err error) {
 	}
 	s.cancel()
 	s.stream, s.cancel = nil, nil
+	s.leader.forget()
 	for id, q := range s.waiters {
 		for _, ch := range q {
 			ch <- renewResult{err: err}

@@ -143,10 +143,21 @@ func (r *Registry) normalize(req *OpenRequest) error {
 // and registered by p's token unless p is an admin. Cancelling ctx abandons
 // the open; a lease granted for it then expires by itself.
 //
+// The session's lease comes from the node's lease pool when it has one
+// (see leasePool), renewed so that the session lives its full TTL from the
+// open; the user entry and the licence come from the node's copy of them
+// (see rightsCache), checked by the transaction.
+//
 // The audit log records the login in the open's transaction, and a refusal
 // (with its error code) in a write of its own before Open returns.
 func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (OpenedSession, error) {
 	opened, err := r.open(ctx, p, &req)
+	if err != nil && !errors.Is(err, ErrUnauthenticated) {
+		// A refusal tells only the holder of a live token why.
+		if terr := r.checkToken(ctx, p); terr != nil {
+			err = terr
+		}
+	}
 	if err != nil {
 		r.auditRefusal(ctx, p, &req, err)
 	}
@@ -163,21 +174,36 @@ func (r *Registry) open(ctx context.Context, p Principal, reqp *OpenRequest) (Op
 	req := *reqp
 	cctx, cancel := r.opCtx(ctx)
 	defer cancel()
-	lease, err := r.cli.Grant(cctx, req.TTLSeconds+r.leaseSlack())
+	leaseTTL := req.TTLSeconds + r.leaseSlack() // the pools are per lease TTL
+	lease, err := r.leaseForOpen(cctx, leaseTTL, true)
 	if err != nil {
-		return OpenedSession{}, translate("grant lease", err)
+		return OpenedSession{}, err
 	}
-	opened, err := r.openOnLease(cctx, p, req, lease.ID)
-	if err != nil {
-		r.revoke(lease.ID)
+	opened, err := r.openOnLease(cctx, p, req, lease)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) && lease.renewed != nil {
+		// A pooled lease was revoked behind the pool's back: so may be the
+		// others. Start the pool of this TTL afresh and grant one now.
+		r.flushPool(leaseTTL)
+		if lease, err = r.leaseForOpen(cctx, leaseTTL, false); err != nil {
+			return OpenedSession{}, err
+		}
+		opened, err = r.openOnLease(cctx, p, req, lease)
 	}
 	if err == nil {
-		r.noteBeat(opened.ID) // an open counts as a heartbeat
+		if err = r.sessionFull(cctx, lease); err != nil {
+			lease.unsure = true // the session is on it: revoking it ends the session
+		}
 	}
-	return opened, err
+	if err != nil {
+		r.releaseLease(leaseTTL, lease, err)
+		return OpenedSession{}, err
+	}
+	r.noteBeat(opened.ID) // an open counts as a heartbeat
+	return opened, nil
 }
 
-func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest, lease clientv3.LeaseID) (OpenedSession, error) {
+func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest, sl *sessionLease) (OpenedSession, error) {
+	lease := sl.id
 	now := time.Now().UTC()
 	id := newSessionID(now)
 	token := newSessionToken(id)
@@ -210,18 +236,26 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 	// so none can die between the check and the write.
 	var seatsHeld []*mvccpb.KeyValue // read by a failed attempt at seatsRev, for the next
 	var seatsRev int64
-	for attempt := 0; attempt < 5; {
+	for attempt, fresh := 0, false; attempt < 5; fresh = true {
 		// Responses: 0 the user, 1 the licence, 2… the shared connections.
-		user, userRev, reads, err := r.readUser(ctx, rec.Tenant, rec.User, append(seatReads(&rec), connReads(&req)...)...)
+		// The first attempt plans from the node's copy if it can; a refusal
+		// is never decided on the copy alone.
+		user, userRev, reads, cached, err := r.rightsFor(ctx, &rec, &req, fresh)
 		if err != nil {
 			return OpenedSession{}, err
 		}
 		conns, err := r.planConnections(ctx, p, &rec, &req, user, reads, 2, directID)
+		if err != nil && cached {
+			continue
+		}
 		if err != nil {
 			return OpenedSession{}, err
 		}
 		rec.Connections = conns.refs
 		seat, err := r.planSeat(ctx, &rec, reads, 1, seatsHeld, seatsRev)
+		if err != nil && cached {
+			continue
+		}
 		if err != nil {
 			return OpenedSession{}, err
 		}
@@ -254,11 +288,17 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		for _, c := range req.Connections {
 			elses = append(elses, clientv3.OpGet(connKey(c), clientv3.WithKeysOnly()))
 		}
+		tokenAt := -1
+		if p.tokenRev != 0 { // the API token as the node's copy had it (AuthenticateForOpen)
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(tokenHashKey(p.tokenHash)), "=", p.tokenRev))
+			tokenAt, elses = len(elses), append(elses, clientv3.OpGet(tokenHashKey(p.tokenHash), clientv3.WithKeysOnly()))
+		}
 		if seat.key != "" {
 			elses = append(elses, seatElse(&rec)) // the last: see below
 		}
 		resp, err := r.cli.Txn(ctx).If(cmps...).Then(puts...).Else(elses...).Commit()
 		if err != nil {
+			sl.unsure = true
 			return OpenedSession{}, translate("open session", err)
 		}
 		if resp.Succeeded {
@@ -267,6 +307,11 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			rec.ExpiresInSeconds = rec.TTLSeconds
 			r.deadlines.note(rec.LeaseID, rec.TTLSeconds+r.leaseSlack(), now)
 			return OpenedSession{Session: rec.Session, Token: token}, nil
+		}
+		if tokenAt >= 0 {
+			if kvs := resp.Responses[tokenAt].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].ModRevision != p.tokenRev {
+				return OpenedSession{}, revokedToken()
+			}
 		}
 		holders := resp.Responses[0].GetResponseRange().Kvs
 		users := resp.Responses[1].GetResponseRange().Kvs

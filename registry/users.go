@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -41,15 +42,29 @@ func (r *Registry) readUser(ctx context.Context, tenant, user string, extra ...c
 	if err != nil {
 		return User{}, 0, nil, translate("read user", err)
 	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return User{Tenant: tenant, User: user, Rights: []Right{}, Services: []string{}}, 0, resp, nil
+	var kv *mvccpb.KeyValue
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		kv = kvs[0]
+	}
+	u, rev, err := userOf(tenant, user, kv)
+	if err != nil {
+		return User{}, 0, nil, err
+	}
+	return u, rev, resp, nil
+}
+
+// userOf decodes the user entry kv of tenant/user and returns it with its
+// mod revision; a user not in the master (kv nil) has no rights and
+// revision 0.
+func userOf(tenant, user string, kv *mvccpb.KeyValue) (User, int64, error) {
+	if kv == nil {
+		return User{Tenant: tenant, User: user, Rights: []Right{}, Services: []string{}}, 0, nil
 	}
 	var u User
-	if err := decodeUser(kvs[0].Value, &u); err != nil {
-		return User{}, 0, nil, fmt.Errorf("registry: decode user %s/%s: %w", tenant, user, err)
+	if err := decodeUser(kv.Value, &u); err != nil {
+		return User{}, 0, fmt.Errorf("registry: decode user %s/%s: %w", tenant, user, err)
 	}
-	return u, kvs[0].ModRevision, resp, nil
+	return u, kv.ModRevision, nil
 }
 
 func checkUserName(tenant, user string) error {

@@ -86,7 +86,7 @@ func (s *server) routes() []Route {
 	return []Route{
 		{"GET /healthz", s.healthz},
 		{"GET /readyz", s.readyz},
-		{"POST /v1/sessions", s.authed(s.openSession)},
+		{"POST /v1/sessions", s.authedBy(s.reg.AuthenticateForOpen, s.openSession)},
 		{"GET /v1/sessions", s.authed(s.listSessions)},
 		{"GET /v1/sessions/{id}", s.authed(s.getSession)},
 		{"GET /v1/sessions/{id}/events", s.authed(s.sessionEvents)},

@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/roster-dev/roster/registry"
 )
@@ -49,6 +52,7 @@ func BenchmarkHTTPOpen(b *testing.B) {
 	var seq atomic.Int64
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			body := fmt.Appendf(nil, `{"user":"bench-%d-%d","module":"sales","host":"PC"}`, run, seq.Add(1))
@@ -57,6 +61,13 @@ func BenchmarkHTTPOpen(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "opens/s")
+	reportCPU(b, cpu0)
+}
+
+// reportCPU reports the CPU time the process used per op since cpu0
+// (cpu-us/op): server, registry, embedded etcd and clients together.
+func reportCPU(b *testing.B, cpu0 time.Duration) {
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
 }
 
 // BenchmarkHTTPHeartbeat: POST /v1/sessions/{id}/heartbeat with each
@@ -74,6 +85,7 @@ func BenchmarkHTTPHeartbeat(b *testing.B) {
 	var seq atomic.Int64
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			s := sessions[seq.Add(1)%int64(len(sessions))]
@@ -82,6 +94,7 @@ func BenchmarkHTTPHeartbeat(b *testing.B) {
 	})
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "heartbeats/s")
+	reportCPU(b, cpu0)
 }
 
 // BenchmarkHTTPBatchHeartbeat: an application server keeps 10,000 sessions
@@ -148,4 +161,38 @@ func BenchmarkHTTPBatchHeartbeat(b *testing.B) {
 		})
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sessions/s")
 	})
+}
+
+// BenchmarkHTTPFloor: POST /v1/sessions/{id}/heartbeat with a session token
+// to a handler that only answers a heartbeat-sized JSON body: what the HTTP
+// request and its answer alone cost, client and server, on this machine. An
+// HTTP heartbeat can be no cheaper.
+func BenchmarkHTTPFloor(b *testing.B) {
+	floor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"0123456789abcdef0123456789abcdef","ttl_seconds":60,"expires_in_seconds":60}`+"\n")
+	}))
+	defer floor.Close()
+	c := benchClient()
+	token := "rs1.0123456789abcdef0123456789abcdef." + strings.Repeat("x", 43)
+	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest("POST", floor.URL+"/v1/sessions/0123456789abcdef0123456789abcdef/heartbeat", bytes.NewReader(nil))
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := c.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "requests/s")
+	reportCPU(b, cpu0)
 }
