@@ -562,12 +562,17 @@ func (c *Cluster) cleanup() {
 // Formed returns a condition for WaitFor: every running node has a row
 // that is gossip alive and healthy; exactly voters rows are etcd voters and
 // learners rows learners (so no member of a stopped node is left in etcd);
-// and exactly one row is the leader, a running voter.
+// every running member's row names its etcd client URL (a new member
+// publishes it a moment after it joins); and exactly one row is the leader,
+// a running voter.
 func (c *Cluster) Formed(voters, learners int) func(Members) bool {
 	return func(ms Members) bool {
 		for _, n := range c.Running() {
 			m, ok := ms.Get(n.Name)
 			if !ok || m.Gossip != GossipAlive || !m.Healthy {
+				return false
+			}
+			if (m.EtcdRole == RoleVoter || m.EtcdRole == RoleLearner) && m.EtcdClientURL == "" {
 				return false
 			}
 		}
