@@ -58,16 +58,16 @@ func figureRuns() []figureRun {
 
 // BenchmarkClusterFigures runs roster bench with the raw etcd baseline for
 // every workload (figureRuns) against one 3-node cluster of real processes on loopback,
-// 3 interleaved rounds each, and prints the table of medians and ratios;
+// 3 interleaved rounds each (every node with GOMEMLIMIT
+// -list100k-gomemlimit, 600MiB by default), and prints the table of medians and ratios;
 // with -figures-doc it also rewrites that file's figures section. Each
 // node's RSS and the etcd database size are taken after the list run, with
 // its sessions still open. ./perf.sh runs it:
 //
 //	go test -run '^$' -bench ClusterFigures -benchtime 1x -timeout 4h ./e2e/ -args -figures-doc "$PWD/docs/performance.md"
 func BenchmarkClusterFigures(b *testing.B) {
-	c := e2e.StartCluster(b, bin, 3, "--bootstrap-expect", "3")
 	wctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c.WaitFor(wctx, "3 voters", c.Formed(3, 0))
+	c := memLimitedVoters(wctx, b, *list100kMemLimit)
 	cancel()
 	var etcdURLs []string
 	for _, n := range c.Nodes() {
@@ -76,8 +76,8 @@ func BenchmarkClusterFigures(b *testing.B) {
 	env := []string{"ROSTER_ENDPOINTS=" + strings.Join(c.URLs(), ","), "ROSTER_TOKEN=" + c.Token()}
 	var table bytes.Buffer
 	fmt.Fprintf(&table, "%s\n\n", figuresBegin)
-	fmt.Fprintf(&table, "Measured %s on 3 nodes on loopback (this 2-core machine, shared), %d rounds each, Roster and raw etcd interleaved; medians of the rounds.\n\n",
-		time.Now().UTC().Format("2006-01-02"), 3)
+	fmt.Fprintf(&table, "Measured %s on 3 nodes on loopback (this 2-core machine, shared; each node with GOMEMLIMIT=%s as README \"Memory\" advises), %d rounds each, Roster and raw etcd interleaved; medians of the rounds.\n\n",
+		time.Now().UTC().Format("2006-01-02"), *list100kMemLimit, 3)
 	fmt.Fprintln(&table, "| workload | phase | Roster | raw etcd | ratio | Roster p50 / p99 / max | raw p50 / p99 | errors | target |")
 	fmt.Fprintln(&table, "|---|---|---|---|---|---|---|---|---|")
 	var resources string
