@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/roster-dev/roster/e2e"
 )
 
