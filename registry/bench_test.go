@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/internal/proc"
 )
 
 // The benchmarks compare Roster's session operations with the same work
@@ -29,7 +30,7 @@ import (
 // (cpu-us/op): registry, embedded etcd and clients together. Unlike the
 // throughput, it hardly depends on what else the machine runs.
 func reportCPU(b *testing.B, cpu0 time.Duration) {
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64(proc.CPUTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
 }
 
 // parallelism makes RunParallel run 64 goroutines whatever GOMAXPROCS is.
@@ -63,7 +64,7 @@ func benchOpens(b *testing.B, r *registry.Registry) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := seq.Add(1)
@@ -86,7 +87,7 @@ func BenchmarkRawGrantTxn(b *testing.B) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := seq.Add(1)
@@ -120,7 +121,7 @@ func BenchmarkHeartbeat(b *testing.B) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			id := ids[seq.Add(1)%int64(len(ids))]
@@ -151,7 +152,7 @@ func BenchmarkRawKeepAlive(b *testing.B) {
 	var seq atomic.Int64
 	parallelism(b)
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(p *testing.PB) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()

@@ -18,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/internal/proc"
 )
 
 // listSessions is how many live sessions BenchmarkList lists; the default
@@ -92,7 +93,7 @@ func BenchmarkList(b *testing.B) {
 		cursors := make([]string, readers)
 		var reader atomic.Int64
 		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
-		cpu0 := cpuTime()
+		cpu0 := proc.CPUTime()
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			w := int(reader.Add(1)-1) % readers
@@ -117,7 +118,7 @@ func BenchmarkList(b *testing.B) {
 			mu.Unlock()
 		})
 		b.StopTimer()
-		reportPages(b, lats, cpuTime()-cpu0)
+		reportPages(b, lats, proc.CPUTime()-cpu0)
 	}
 	b.Run("unfiltered", func(b *testing.B) { page(b, registry.ListFilter{}, false) })
 	b.Run("unfiltered-cold", func(b *testing.B) { page(b, registry.ListFilter{}, true) })
@@ -133,7 +134,7 @@ func BenchmarkList(b *testing.B) {
 		cursors := make([]string, readers)
 		var reader atomic.Int64
 		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
-		cpu0 := cpuTime()
+		cpu0 := proc.CPUTime()
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			w := int(reader.Add(1)-1) % readers
@@ -160,7 +161,7 @@ func BenchmarkList(b *testing.B) {
 			mu.Unlock()
 		})
 		b.StopTimer()
-		reportPages(b, lats, cpuTime()-cpu0)
+		reportPages(b, lats, proc.CPUTime()-cpu0)
 	})
 }
 

@@ -15,7 +15,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/roster-dev/roster/liveness"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // etcd renews every lease to its full TTL when a new member becomes leader, and revokes

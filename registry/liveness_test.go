@@ -13,9 +13,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/roster-dev/roster/liveness"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/api"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // lnode is one node of a liveness test: a registry on the shared etcd with its own

@@ -21,9 +21,9 @@ import (
 
 	"github.com/roster-dev/roster/cluster"
 	"github.com/roster-dev/roster/ha"
-	"github.com/roster-dev/roster/liveness"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/api"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // readyLine is the one log line a node writes when it serves; scripts and

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/roster-dev/roster/liveness"
 	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // MaxBodyBytes is the largest request body the API reads.

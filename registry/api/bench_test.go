@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/roster-dev/roster/registry"
+	"github.com/roster-dev/roster/registry/internal/proc"
 )
 
 // HTTP benchmarks: the same opens and heartbeats as the registry's
@@ -52,7 +53,7 @@ func BenchmarkHTTPOpen(b *testing.B) {
 	var seq atomic.Int64
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			body := fmt.Appendf(nil, `{"user":"bench-%d-%d","module":"sales","host":"PC"}`, run, seq.Add(1))
@@ -67,7 +68,7 @@ func BenchmarkHTTPOpen(b *testing.B) {
 // reportCPU reports the CPU time the process used per op since cpu0
 // (cpu-us/op): server, registry, embedded etcd and clients together.
 func reportCPU(b *testing.B, cpu0 time.Duration) {
-	b.ReportMetric(float64(cpuTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64(proc.CPUTime()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
 }
 
 // BenchmarkHTTPHeartbeat: POST /v1/sessions/{id}/heartbeat with each
@@ -85,7 +86,7 @@ func BenchmarkHTTPHeartbeat(b *testing.B) {
 	var seq atomic.Int64
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			s := sessions[seq.Add(1)%int64(len(sessions))]
@@ -178,7 +179,7 @@ func BenchmarkHTTPFloor(b *testing.B) {
 	token := "rs1.0123456789abcdef0123456789abcdef." + strings.Repeat("x", 43)
 	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := proc.CPUTime()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			req, _ := http.NewRequest("POST", floor.URL+"/v1/sessions/0123456789abcdef0123456789abcdef/heartbeat", bytes.NewReader(nil))

@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/roster-dev/roster/liveness"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // internalBeats applies another node's liveness push (see package liveness): the

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/roster-dev/roster/liveness"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // A node alone: the heartbeat it notes keeps the session alive for its TTL; then, once

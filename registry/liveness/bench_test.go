@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roster-dev/roster/liveness"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 // BenchmarkHeartbeatPath: what a heartbeat adds on a node with a view: a Check of the

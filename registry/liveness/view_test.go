@@ -15,7 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/roster-dev/roster/liveness"
+	"github.com/roster-dev/roster/registry/liveness"
 )
 
 func TestMain(m *testing.M) {
