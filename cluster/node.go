@@ -551,6 +551,46 @@ func roleOf(m *Member) string {
 // stays the same client for the node's life. Close closes it.
 func (n *Node) Client() *clientv3.Client { return n.client }
 
+// EtcdLeader returns the etcd leader's member id, 0 when there is none or it
+// cannot be found out within ctx. A node running a member asks that member
+// directly (no request); a node without one asks the voters' Maintenance
+// Status. Use it rather than Status on a member that may be leaving: etcd
+// v3.7 panics serving Status on a member removed from the cluster, and the
+// panic kills the process that embeds that member.
+func (n *Node) EtcdLeader(ctx context.Context) uint64 {
+	n.mu.Lock()
+	m, eps := n.member, n.endpoints
+	n.mu.Unlock()
+	if m != nil {
+		return m.Leader()
+	}
+	for _, ep := range eps {
+		if st, err := n.client.Status(ctx, ep); err == nil && st.Leader != 0 {
+			return st.Leader
+		}
+	}
+	return 0
+}
+
+// EtcdLeaderURL returns the etcd leader's first client URL, "" when there is
+// no leader or it cannot be found out within ctx.
+func (n *Node) EtcdLeaderURL(ctx context.Context) string {
+	leader := n.EtcdLeader(ctx)
+	if leader == 0 {
+		return ""
+	}
+	resp, err := n.client.MemberList(ctx, clientv3.WithSerializable())
+	if err != nil {
+		return ""
+	}
+	for _, m := range resp.Members {
+		if m.ID == leader && len(m.ClientURLs) > 0 {
+			return m.ClientURLs[0]
+		}
+	}
+	return ""
+}
+
 // Err receives a fatal error of the node's etcd member (other than its removal from the
 // cluster, which the node handles by rejoining as a new member).
 func (n *Node) Err() <-chan error { return n.errc }

@@ -349,15 +349,7 @@ func (n *Node) Members(ctx context.Context) ([]MemberStatus, error) {
 			return nil, err
 		}
 		members = toMemberInfo(resp.Members)
-		n.mu.Lock()
-		eps := n.endpoints
-		n.mu.Unlock()
-		for _, ep := range eps {
-			if st, err := n.client.Status(cctx, ep); err == nil && st.Leader != 0 {
-				leader = st.Leader
-				break
-			}
-		}
+		leader = n.EtcdLeader(cctx)
 	}
 	claimed := map[uint64]bool{}
 	out := make([]MemberStatus, 0, len(peers))

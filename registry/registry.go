@@ -35,6 +35,12 @@ type Config struct {
 	RequestTimeout time.Duration
 	// RenewStreams is how many long-lived LeaseKeepAlive streams carry heartbeats.
 	RenewStreams int
+	// LeaderURL, when set, returns the etcd leader's client URL ("" when
+	// unknown), where the keepalive streams go (see leaderConns); without it
+	// the registry asks etcd's Maintenance Status of the client's first
+	// endpoint. A node with an embedded member gives cluster.Node's
+	// EtcdLeaderURL, which asks no member that may be leaving.
+	LeaderURL func(context.Context) string
 	// AliveInterval is how often the registry rewrites the cluster's alive
 	// beacon; a beacon older than two intervals at start means the whole
 	// cluster was down (see Start).
@@ -222,6 +228,7 @@ func New(cfg Config) (*Registry, error) {
 	r.audit.q = make(chan auditWrite, auditQueue)
 	r.audit.tokens, r.audit.refilled = authFailBurst, time.Now()
 	r.renewer = newRenewer(ctx, cfg.Client, cfg.RenewStreams)
+	r.renewer.leader.lookup = cfg.LeaderURL
 	r.lapseBackstop.Store(int64(LapseBackstop + time.Duration(mrand.Int64N(int64(LapseBackstop/4)))))
 	r.renewer.tell(&r.deadlines)
 	return r, nil

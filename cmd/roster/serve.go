@@ -200,6 +200,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	}
 	defer node.Close()
 	rcfg.Client = node.Client()
+	rcfg.LeaderURL = node.EtcdLeaderURL
 	var view *liveness.View
 	if f.livenessInterval > 0 {
 		lcfg := liveness.DefaultConfig()
