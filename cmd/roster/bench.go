@@ -65,7 +65,6 @@ var benchFlagScope = map[string][]string{
 	"batch-size":    {wlBatch},
 	"page-size":     {wlList, wlMixed},
 	"mix":           {wlMixed},
-	"poll":          {wlExpiry},
 	"leader-change": {wlExpiry},
 }
 
@@ -88,7 +87,6 @@ const (
 // Defaults of the flags that do not depend on the workload.
 const (
 	defaultBenchDuration = 10 * time.Second
-	defaultPoll          = 100 * time.Millisecond
 )
 
 func benchCommands() []*command {
@@ -117,8 +115,9 @@ Workloads:
                    each session is killed through the next endpoint, --clients kills
                    in flight; latency is kill sent -> killed event received
   expiry           --sessions sessions heartbeated once and then no more: latency is
-                   the last heartbeat's answer -> the session gone (GET polled every
-                   --poll answers 410 or 404; then a listing must not show it);
+                   the last heartbeat's answer -> the session's end event on a stream
+                   (GET /v1/events at the last endpoint; then GET must answer 410 or
+                   404 and a listing must not show it);
                    --leader-change moves the etcd leader to another member half a TTL
                    after the last heartbeat
   list             --sessions live sessions (opened concurrently, in ten modules);
@@ -138,7 +137,7 @@ each kind of operation of mixed (above 1: Roster takes longer). The raw work:
   heartbeat        one renewal on a long-lived LeaseKeepAlive stream per worker
   batch-heartbeat  the batch's renewals pipelined on one such stream
   kill-latency     Revoke through the next endpoint -> the key's delete event on a watch
-  expiry           a lease renewed once, then left: until its key is gone (polled)
+  expiry           a lease renewed once, then left: until its key's delete event on a watch
   list             a range read of --page-size session-sized values
   mixed            the same mix of those raw operations
 The raw keys live under /roster-bench/<run id>/ and are deleted at the end. The
@@ -176,7 +175,6 @@ type benchFlags struct {
 	tenant        string
 	pool          string
 	keep          bool
-	poll          time.Duration
 
 	weights map[string]int // --mix, parsed
 	fs      *pflag.FlagSet
@@ -199,7 +197,6 @@ func (f *benchFlags) define(fs *pflag.FlagSet) {
 	fs.StringVar(&f.tenant, "tenant", "", "tenant of the sessions (server default: default)")
 	fs.StringVar(&f.pool, "pool", "", "pool of the sessions (server default: the node's --pool)")
 	fs.BoolVar(&f.keep, "keep", false, "leave the sessions open at the end, to expire with their TTL")
-	fs.DurationVar(&f.poll, "poll", defaultPoll, "expiry: how often each session is checked")
 	f.fs = fs
 }
 
@@ -248,8 +245,6 @@ func (f *benchFlags) check(wl string) error {
 		return usagef(path, "--batch-size %d: give 1 to %d sessions per call", f.batchSize, registry.MaxBatchSessions)
 	case f.pageSize < 1 || f.pageSize > registry.MaxListLimit:
 		return usagef(path, "--page-size %d: give 1 to %d sessions per page", f.pageSize, registry.MaxListLimit)
-	case f.poll <= 0 || f.poll > 10*time.Second:
-		return usagef(path, "--poll %s: give a positive duration up to 10s, e.g. 100ms", f.poll)
 	}
 	if !changed("rounds") {
 		f.rounds = 1
@@ -284,7 +279,7 @@ func (f *benchFlags) check(wl string) error {
 }
 
 // checkTTL checks --ttl, or sets the workload's default: whole seconds,
-// longer than --poll, and longer than a round where sessions must live
+// and longer than a round where sessions must live
 // through one without heartbeats: those opened during a round of open or
 // mixed (an expiry in the middle would add its own load), and with a
 // baseline those of heartbeat and batch-heartbeat, which nothing renews
@@ -305,8 +300,6 @@ func (f *benchFlags) checkTTL(wl string, def time.Duration) error {
 		return usagef(path, "--ttl %s: give at least 1s (the nodes' --min-ttl applies too, default 5s)", f.ttl)
 	case f.ttl%time.Second != 0:
 		return usagef(path, "--ttl %s: must be whole seconds, e.g. 30s or 2m", f.ttl)
-	case wl == wlExpiry && f.poll >= f.ttl:
-		return usagef(path, "--poll %s: must be shorter than --ttl %s", f.poll, f.ttl)
 	case outlive && f.ttl < need:
 		return usagef(path, "--ttl %s: sessions must not expire within a round, so give at least --duration plus 30s (%s)", f.ttl, need)
 	}

@@ -407,3 +407,55 @@ func groupDigits(n int64) string {
 	}
 	return b.String()
 }
+
+// keptWhileMade runs create(ctx, i) for i in [0, n) like parallel, while
+// another few goroutines renew(ctx, i) every item made so far once a third
+// of ttl has passed since it was made or last renewed, so that nothing made
+// early runs out while the rest is still being made (opening 10,000
+// sessions with a TTL of 10 s takes longer than 10 s on a small cluster).
+// A failed renewal is not an error here: the set-up's own last renewal
+// after it reports what has ended. It returns create's first error.
+func (b *bench) keptWhileMade(ctx context.Context, what string, n int, ttl time.Duration,
+	create func(ctx context.Context, i int) error, renew func(ctx context.Context, i int) error) error {
+	made := make([]atomic.Int64, n) // unix nanoseconds of the creation or the last renewal; 0: not made yet
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		sem := make(chan struct{}, setupWorkers/4)
+		var inner sync.WaitGroup
+		defer inner.Wait()
+		for {
+			for i := range made {
+				at := made[i].Load()
+				if at == 0 || time.Since(time.Unix(0, at)) < ttl/3 {
+					continue
+				}
+				select {
+				case <-stop:
+					return
+				case sem <- struct{}{}:
+				}
+				made[i].Store(time.Now().UnixNano()) // taken: not again before its renewal is due
+				inner.Go(func() {
+					defer func() { <-sem }()
+					_ = renew(context.WithoutCancel(ctx), i)
+				})
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	err := b.parallel(ctx, what, n, setupWorkers, func(ctx context.Context, i int) error {
+		if err := create(ctx, i); err != nil {
+			return err
+		}
+		made[i].Store(time.Now().UnixNano())
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	return err
+}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -639,10 +640,41 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 		}
 	}
 	ours := func(ctx context.Context, round int) (map[string]*sample, error) {
-		sessions, err := b.openMany(ctx, n, func(int) registry.OpenRequest { return b.openRequest(b.newUser(), b.f.module) })
+		sessions := make([]apiSession, n)
+		err := b.keptWhileMade(ctx, "opening "+groupDigits(int64(n))+" sessions", n, b.f.ttl, func(ctx context.Context, i int) error {
+			s, err := b.openSetup(ctx, b.api[i%len(b.api)], b.openRequest(b.newUser(), b.f.module))
+			sessions[i] = s
+			return err
+		}, func(ctx context.Context, i int) error {
+			_, err := b.api[i%len(b.api)].Heartbeat(ctx, sessions[i].id, sessions[i].token)
+			return err
+		})
 		if err != nil {
-			return nil, err
+			b.closeSessions(ctx, sessions, true)
+			return nil, fmt.Errorf("bench %s: set-up: %w", b.wl, err)
 		}
+		// The end events come on a stream opened before the last heartbeats, on the
+		// last endpoint (another node than the first's, which most sessions heartbeat).
+		index := make(map[string]int, n)
+		for i, ss := range sessions {
+			index[ss.id] = i
+		}
+		sctx, cancelStream := context.WithCancel(ctx)
+		defer cancelStream()
+		stream, err := b.api[len(b.api)-1].Events(sctx, registry.EventFilter{Tenant: b.f.tenant, Module: b.f.module}, 0)
+		if err != nil {
+			b.closeSessions(ctx, sessions, true)
+			return nil, fmt.Errorf("bench %s: set-up: open the event stream: %w", b.wl, err)
+		}
+		ends := make(chan goneAt, 1024)
+		go func() {
+			defer close(ends)
+			for ev := range stream.Events() {
+				if i, ok := index[ev.Session.ID]; ok && isEndEvent(ev.Type) {
+					ends <- goneAt{i: i, at: time.Now()}
+				}
+			}
+		}()
 		last := make([]time.Time, n)
 		err = b.parallel(ctx, "heartbeating each session once", n, setupWorkers, func(ctx context.Context, i int) error {
 			_, err := b.api[i%len(b.api)].Heartbeat(ctx, sessions[i].id, sessions[i].token)
@@ -653,21 +685,23 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 			b.closeSessions(ctx, sessions, true)
 			return nil, fmt.Errorf("bench %s: set-up: %w", b.wl, err)
 		}
-		s, gone, err := b.awaitGone(ctx, b.what("", "roster", round), last, apiErrorCode, func(ctx context.Context, i int) (bool, error) {
-			_, err := b.api[i%len(b.api)].Get(ctx, sessions[i].id)
-			if err == nil || !isGone(err) {
-				return false, err
+		s, gone, err := b.awaitEnds(ctx, b.what("", "roster", round), last, ends, apiErrorCode, func(ctx context.Context, i int) error {
+			// Gone by its event: GET must say so, and a listing must not show it.
+			if _, err := b.api[i%len(b.api)].Get(ctx, sessions[i].id); err == nil {
+				return &codeError{codeStillListed, "session " + sessions[i].id + " answers GET as live after its end event"}
+			} else if !isGone(err) {
+				return err
 			}
-			// Gone by GET: a listing must not show it either.
 			page, err := b.api[i%len(b.api)].List(ctx, registry.ListFilter{Tenant: b.f.tenant, User: sessions[i].user, Module: b.f.module, Limit: 1})
 			if err != nil {
-				return true, err
+				return err
 			}
 			if page.Total > 0 {
-				return true, &codeError{codeStillListed, "session " + sessions[i].id + " answers GET as gone but is still listed"}
+				return &codeError{codeStillListed, "session " + sessions[i].id + " answers GET as gone but is still listed"}
 			}
-			return true, nil
+			return nil
 		})
+		cancelStream()
 		var left []apiSession
 		for i, g := range gone {
 			if !g {
@@ -679,10 +713,43 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 	}
 	raw := func(ctx context.Context, round int) (map[string]*sample, error) {
 		key := func(i int) string { return b.raw.prefix + "expiry/" + strconv.Itoa(round) + "/" + strconv.Itoa(i) }
-		leases, err := b.grantMany(ctx, n, key)
+		leases := make([]clientv3.LeaseID, n)
+		err := b.keptWhileMade(ctx, "raw etcd: granting "+groupDigits(int64(n))+" leases", n, b.f.ttl, func(ctx context.Context, i int) error {
+			var err error
+			leases[i], err = b.raw.grantKey(ctx, i, key(i))
+			return err
+		}, func(ctx context.Context, i int) error {
+			ctx, cancel := callCtx(ctx)
+			defer cancel()
+			_, err := b.raw.cli(i).KeepAliveOnce(ctx, leases[i])
+			return err
+		})
 		if err != nil {
-			return nil, err
+			b.revokeLeases(ctx, leases)
+			return nil, fmt.Errorf("bench %s: raw etcd set-up: %w", b.wl, err)
 		}
+		// The deletions come on a watch from the revision before the last renewals.
+		from, err := b.raw.cli(0).Get(ctx, key(0), clientv3.WithCountOnly())
+		if err != nil {
+			b.revokeLeases(ctx, leases)
+			return nil, fmt.Errorf("bench %s: raw etcd set-up: %w", b.wl, err)
+		}
+		wctx, cancelWatch := context.WithCancel(ctx)
+		defer cancelWatch()
+		dir := b.raw.prefix + "expiry/" + strconv.Itoa(round) + "/"
+		wch := b.raw.cli(0).Watch(wctx, dir, clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithRev(from.Header.Revision+1))
+		ends := make(chan goneAt, 1024)
+		go func() {
+			defer close(ends)
+			for resp := range wch {
+				at := time.Now()
+				for _, ev := range resp.Events {
+					if i, err := strconv.Atoi(strings.TrimPrefix(string(ev.Kv.Key), dir)); err == nil && i >= 0 && i < n {
+						ends <- goneAt{i: i, at: at}
+					}
+				}
+			}
+		}()
 		last := make([]time.Time, n)
 		err = b.parallel(ctx, "raw etcd: renewing each lease once", n, setupWorkers, func(ctx context.Context, i int) error {
 			ctx, cancel := callCtx(ctx)
@@ -695,10 +762,8 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 			b.revokeLeases(ctx, leases)
 			return nil, fmt.Errorf("bench %s: raw etcd set-up: %w", b.wl, err)
 		}
-		s, gone, err := b.awaitGone(ctx, b.what("", "etcd", round), last, etcdErrorCode, func(ctx context.Context, i int) (bool, error) {
-			there, err := b.raw.exists(ctx, i, key(i))
-			return err == nil && !there, err
-		})
+		s, gone, err := b.awaitEnds(ctx, b.what("", "etcd", round), last, ends, etcdErrorCode, nil)
+		cancelWatch()
 		for i, g := range gone {
 			if g {
 				leases[i] = 0
@@ -710,30 +775,54 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 	ours1, raw1, err := b.rounds(ctx, ours, b.rawRounds(raw))
 	b.rawCleanup(ctx)
 	spec := resultSpec{workload: wlExpiry, ratioOf: ratioP50,
-		latency:    fmt.Sprintf("the last heartbeat's answer -> the session gone (GET answers 410 or 404, then not listed), TTL %s, checked every %s", b.f.ttl, b.f.poll),
-		rawLatency: "the last renewal's answer -> the lease's key gone"}
+		latency:    fmt.Sprintf("the last heartbeat's answer -> the session's end event on a stream (then GET answers 410 or 404 and no listing shows it), TTL %s", b.f.ttl),
+		rawLatency: "the last renewal's answer -> the lease's key's delete event on a watch"}
 	return summarize(spec, []string{""}, ours1, raw1), err
 }
 
-// awaitGone polls each item every --poll, from half its TTL after its
-// last renewal (last[i]) on, until check says it is gone, and records the
-// time from last[i] to then; an item still there 3 TTLs plus 30 s after
-// its last renewal counts as not_gone. check's error, when it says gone,
-// fails the item; otherwise the poll goes on. With --leader-change the
-// etcd leader is moved half a TTL after the first renewal. It returns the
-// sample and which items went.
-func (b *bench) awaitGone(ctx context.Context, what string, last []time.Time, classify func(error) string,
-	check func(ctx context.Context, i int) (bool, error)) (*sample, []bool, error) {
+// isEndEvent reports whether an event of type t is a session's end.
+func isEndEvent(t registry.EventType) bool {
+	switch t {
+	case registry.EventClosed, registry.EventKilled, registry.EventExpired, registry.EventShutdown, registry.EventIdle, registry.EventCleanup:
+		return true
+	}
+	return false
+}
+
+// goneAt says that item i was seen gone at at.
+type goneAt struct {
+	i  int
+	at time.Time
+}
+
+// awaitEnds takes the items' ends from ends, as they come, and records for
+// each the time from its last renewal (last[i]) to its end; confirm (nil:
+// none), run after an item's end and not timed, may fail it (classify names
+// the code). An item not ended 3 TTLs plus 30 s after its last renewal
+// counts as not_gone. With --leader-change the etcd leader is moved half a
+// TTL after the first renewal. It returns the sample and which items went.
+// Waiting for events rather than polling each item keeps the measuring from
+// loading the nodes: 10,000 sessions polled twice a second each saturated a
+// node.
+func (b *bench) awaitEnds(ctx context.Context, what string, last []time.Time, ends <-chan goneAt, classify func(error) string,
+	confirm func(ctx context.Context, i int) error) (*sample, []bool, error) {
 	ttl := b.f.ttl
 	s := newSample()
 	gone := make([]bool, len(last))
 	var mu sync.Mutex
 	var done atomic.Int64
 	first := slices.MinFunc(last, func(a, b time.Time) int { return a.Compare(b) })
+	latest := slices.MaxFunc(last, func(a, b time.Time) int { return a.Compare(b) })
 	stop := b.progress(func(time.Duration) string {
 		return fmt.Sprintf("%s: %d of %d gone, %s after the first's last heartbeat", what, done.Load(), len(last), time.Since(first).Round(100*time.Millisecond))
 	})
 	defer stop()
+	record := func(lat time.Duration, code string) {
+		mu.Lock()
+		defer mu.Unlock()
+		s.record(lat, code)
+		done.Add(1)
+	}
 	var wg sync.WaitGroup
 	var moveErr error
 	if b.f.leaderChange {
@@ -752,54 +841,51 @@ func (b *bench) awaitGone(ctx context.Context, what string, last []time.Time, cl
 				what, from, to, time.Since(first).Round(time.Millisecond)))
 		})
 	}
-	for i := range last {
-		wg.Go(func() {
-			deadline := last[i].Add(3*ttl + 30*time.Second)
-			record := func(code string) {
-				mu.Lock()
-				defer mu.Unlock()
-				s.record(time.Since(last[i]), code)
-				gone[i] = code == ""
-				done.Add(1)
+	sem := make(chan struct{}, setupWorkers/4)
+	deadline := time.NewTimer(time.Until(latest.Add(3*ttl + 30*time.Second)))
+	defer deadline.Stop()
+	left := len(last)
+wait:
+	for left > 0 {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-deadline.C:
+			break wait
+		case e, ok := <-ends:
+			if !ok {
+				break wait
 			}
-			if !sleepUntil(ctx, last[i].Add(ttl/2)) {
-				record(codeCanceled)
-				return
+			if gone[e.i] {
+				continue
 			}
-			t := time.NewTicker(b.f.poll)
-			defer t.Stop()
-			var lastErr error
-			for {
-				ok, err := check(ctx, i)
-				if ok {
-					code := ""
-					if err != nil {
-						code = classify(err)
-					}
-					record(code)
-					return
-				}
-				if err != nil {
-					lastErr = err
-				}
-				if time.Now().After(deadline) {
-					if lastErr != nil {
-						record(classify(lastErr))
-					} else {
-						record(codeNotGone)
-					}
-					return
-				}
-				select {
-				case <-ctx.Done():
-					record(codeCanceled)
-					return
-				case <-t.C:
-				}
+			gone[e.i], left = true, left-1
+			lat := max(e.at.Sub(last[e.i]), time.Nanosecond)
+			if confirm == nil {
+				record(lat, "")
+				continue
 			}
-		})
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				code := ""
+				if err := confirm(context.WithoutCancel(ctx), e.i); err != nil {
+					code = classify(err)
+				}
+				record(lat, code)
+			})
+		}
 	}
 	wg.Wait()
+	code := codeNotGone
+	if ctx.Err() != nil {
+		code = codeCanceled
+	}
+	for i, g := range gone {
+		if !g {
+			record(time.Since(last[i]), code)
+		}
+	}
 	s.elapsed = time.Since(first)
 	return s, gone, moveErr
 }
