@@ -115,10 +115,10 @@ Workloads:
                    each session is killed through the next endpoint, --clients kills
                    in flight; latency is kill sent -> killed event received
   expiry           --sessions sessions heartbeated once and then no more: latency is
-                   the last heartbeat's answer -> the session shown gone: its end
-                   event on a stream (GET /v1/events at the last endpoint), and GET
-                   answering 410 or 404 and no listing showing it (through the
-                   session's own endpoint, checked from the event on);
+                   the last heartbeat's answer -> the session's end event on a
+                   stream (GET /v1/events at the last endpoint); after it, GET must
+                   answer 410 or 404 and no listing show it within 5s (through the
+                   session's own endpoint), else it counts as still_listed;
                    --leader-change moves the etcd leader to another member half a TTL
                    after the last heartbeat
   list             --sessions live sessions (opened concurrently, in ten modules);

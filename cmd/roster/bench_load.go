@@ -408,26 +408,30 @@ func groupDigits(n int64) string {
 	return b.String()
 }
 
-// keptWhileMade runs create(ctx, i) for i in [0, n) like parallel, while
-// another few goroutines renew(ctx, i) every item made so far once a third
-// of ttl has passed since it was made or last renewed, so that nothing made
-// early runs out while the rest is still being made (opening 10,000
-// sessions with a TTL of 10 s takes longer than 10 s on a small cluster).
-// A failed renewal is not an error here: the set-up's own last renewal
-// after it reports what has ended. It returns create's first error.
+// keptWhileMade runs create(ctx, i) for i in [0, n) like parallel, then
+// last(ctx, i) for each (the renewal the measurement starts from, as
+// lastWhat), while other goroutines renew(ctx, i) every item created and
+// not yet given its last renewal, once a quarter of ttl has passed since it
+// was created or renewed: so nothing created early runs out while the rest
+// is still being created (opening 10,000 sessions outlasts a 10 s TTL on a
+// small cluster) or given its last renewal. A failed renewal is not an error
+// here: the last renewal reports what has ended. It returns the first error
+// of create or last.
 func (b *bench) keptWhileMade(ctx context.Context, what string, n int, ttl time.Duration,
-	create func(ctx context.Context, i int) error, renew func(ctx context.Context, i int) error) error {
-	made := make([]atomic.Int64, n) // unix nanoseconds of the creation or the last renewal; 0: not made yet
+	create, renew func(ctx context.Context, i int) error, lastWhat string, last func(ctx context.Context, i int) error) error {
+	// Unix nanoseconds of the creation or the last renewal by the keeper; 0:
+	// not created yet; -1: given its last renewal.
+	made := make([]atomic.Int64, n)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		sem := make(chan struct{}, setupWorkers/4)
+		sem := make(chan struct{}, setupWorkers/2)
 		var inner sync.WaitGroup
 		defer inner.Wait()
 		for {
 			for i := range made {
 				at := made[i].Load()
-				if at == 0 || time.Since(time.Unix(0, at)) < ttl/3 {
+				if at <= 0 || time.Since(time.Unix(0, at)) < ttl/4 {
 					continue
 				}
 				select {
@@ -435,7 +439,10 @@ func (b *bench) keptWhileMade(ctx context.Context, what string, n int, ttl time.
 					return
 				case sem <- struct{}{}:
 				}
-				made[i].Store(time.Now().UnixNano()) // taken: not again before its renewal is due
+				if !made[i].CompareAndSwap(at, time.Now().UnixNano()) { // given its last renewal meanwhile
+					<-sem
+					continue
+				}
 				inner.Go(func() {
 					defer func() { <-sem }()
 					_ = renew(context.WithoutCancel(ctx), i)
@@ -444,10 +451,14 @@ func (b *bench) keptWhileMade(ctx context.Context, what string, n int, ttl time.
 			select {
 			case <-stop:
 				return
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(50 * time.Millisecond):
 			}
 		}
 	})
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
 	err := b.parallel(ctx, what, n, setupWorkers, func(ctx context.Context, i int) error {
 		if err := create(ctx, i); err != nil {
 			return err
@@ -455,7 +466,11 @@ func (b *bench) keptWhileMade(ctx context.Context, what string, n int, ttl time.
 		made[i].Store(time.Now().UnixNano())
 		return nil
 	})
-	close(stop)
-	wg.Wait()
-	return err
+	if err != nil {
+		return err
+	}
+	return b.parallel(ctx, lastWhat, n, setupWorkers, func(ctx context.Context, i int) error {
+		made[i].Store(-1)
+		return last(ctx, i)
+	})
 }

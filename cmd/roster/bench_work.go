@@ -640,43 +640,37 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 		}
 	}
 	ours := func(ctx context.Context, round int) (map[string]*sample, error) {
+		// The end events come on a stream opened before the sessions, on the last
+		// endpoint (another node than the first's, which most sessions heartbeat).
 		sessions := make([]apiSession, n)
-		err := b.keptWhileMade(ctx, "opening "+groupDigits(int64(n))+" sessions", n, b.f.ttl, func(ctx context.Context, i int) error {
-			s, err := b.openSetup(ctx, b.api[i%len(b.api)], b.openRequest(b.newUser(), b.f.module))
-			sessions[i] = s
-			return err
-		}, func(ctx context.Context, i int) error {
-			_, err := b.api[i%len(b.api)].Heartbeat(ctx, sessions[i].id, sessions[i].token)
-			return err
-		})
-		if err != nil {
-			b.closeSessions(ctx, sessions, true)
-			return nil, fmt.Errorf("bench %s: set-up: %w", b.wl, err)
-		}
-		// The end events come on a stream opened before the last heartbeats, on the
-		// last endpoint (another node than the first's, which most sessions heartbeat).
-		index := make(map[string]int, n)
-		for i, ss := range sessions {
-			index[ss.id] = i
-		}
+		var index sync.Map // session id -> its index in sessions
 		sctx, cancelStream := context.WithCancel(ctx)
 		defer cancelStream()
 		stream, err := b.api[len(b.api)-1].Events(sctx, registry.EventFilter{Tenant: b.f.tenant, Module: b.f.module}, 0)
 		if err != nil {
-			b.closeSessions(ctx, sessions, true)
 			return nil, fmt.Errorf("bench %s: set-up: open the event stream: %w", b.wl, err)
 		}
 		ends := make(chan goneAt, 1024)
 		go func() {
 			defer close(ends)
 			for ev := range stream.Events() {
-				if i, ok := index[ev.Session.ID]; ok && isEndEvent(ev.Type) {
-					ends <- goneAt{i: i, at: time.Now()}
+				if i, ok := index.Load(ev.Session.ID); ok && isEndEvent(ev.Type) {
+					ends <- goneAt{i: i.(int), at: time.Now()}
 				}
 			}
 		}()
 		last := make([]time.Time, n)
-		err = b.parallel(ctx, "heartbeating each session once", n, setupWorkers, func(ctx context.Context, i int) error {
+		err = b.keptWhileMade(ctx, "opening "+groupDigits(int64(n))+" sessions", n, b.f.ttl, func(ctx context.Context, i int) error {
+			s, err := b.openSetup(ctx, b.api[i%len(b.api)], b.openRequest(b.newUser(), b.f.module))
+			sessions[i] = s
+			if err == nil {
+				index.Store(s.id, i)
+			}
+			return err
+		}, func(ctx context.Context, i int) error {
+			_, err := b.api[i%len(b.api)].Heartbeat(ctx, sessions[i].id, sessions[i].token)
+			return err
+		}, "heartbeating each session once", func(ctx context.Context, i int) error {
 			_, err := b.api[i%len(b.api)].Heartbeat(ctx, sessions[i].id, sessions[i].token)
 			last[i] = time.Now()
 			return err
@@ -685,28 +679,28 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 			b.closeSessions(ctx, sessions, true)
 			return nil, fmt.Errorf("bench %s: set-up: %w", b.wl, err)
 		}
-		s, gone, err := b.awaitEnds(ctx, b.what("", "roster", round), last, ends, apiErrorCode, func(ctx context.Context, i int) (time.Time, error) {
+		s, gone, err := b.awaitEnds(ctx, b.what("", "roster", round), last, ends, apiErrorCode, func(ctx context.Context, i int) error {
 			// Gone by its event: then GET must say so and a listing must not show it,
-			// through the endpoint the session heartbeated. The session counts as gone
-			// when all three agree; a node may apply the end a moment after another.
+			// through the endpoint the session heartbeated, within confirmWithin (a
+			// node may apply the end a moment after another).
 			c := b.api[i%len(b.api)]
 			give := time.Now().Add(confirmWithin)
 			for {
 				_, err := c.Get(ctx, sessions[i].id)
 				if err != nil && !isGone(err) {
-					return time.Time{}, err
+					return err
 				}
 				if err != nil {
 					page, err := c.List(ctx, registry.ListFilter{Tenant: b.f.tenant, User: sessions[i].user, Module: b.f.module, Limit: 1})
 					if err != nil {
-						return time.Time{}, err
+						return err
 					}
 					if page.Total == 0 {
-						return time.Now(), nil
+						return nil
 					}
 				}
 				if time.Now().After(give) {
-					return time.Time{}, &codeError{codeStillListed, fmt.Sprintf("session %s still answers GET or is listed %s after its end event", sessions[i].id, confirmWithin)}
+					return &codeError{codeStillListed, fmt.Sprintf("session %s still answers GET or is listed %s after its end event", sessions[i].id, confirmWithin)}
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
@@ -723,25 +717,9 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 	}
 	raw := func(ctx context.Context, round int) (map[string]*sample, error) {
 		key := func(i int) string { return b.raw.prefix + "expiry/" + strconv.Itoa(round) + "/" + strconv.Itoa(i) }
-		leases := make([]clientv3.LeaseID, n)
-		err := b.keptWhileMade(ctx, "raw etcd: granting "+groupDigits(int64(n))+" leases", n, b.f.ttl, func(ctx context.Context, i int) error {
-			var err error
-			leases[i], err = b.raw.grantKey(ctx, i, key(i))
-			return err
-		}, func(ctx context.Context, i int) error {
-			ctx, cancel := callCtx(ctx)
-			defer cancel()
-			_, err := b.raw.cli(i).KeepAliveOnce(ctx, leases[i])
-			return err
-		})
-		if err != nil {
-			b.revokeLeases(ctx, leases)
-			return nil, fmt.Errorf("bench %s: raw etcd set-up: %w", b.wl, err)
-		}
-		// The deletions come on a watch from the revision before the last renewals.
+		// The deletions come on a watch from the revision before the grants.
 		from, err := b.raw.cli(0).Get(ctx, key(0), clientv3.WithCountOnly())
 		if err != nil {
-			b.revokeLeases(ctx, leases)
 			return nil, fmt.Errorf("bench %s: raw etcd set-up: %w", b.wl, err)
 		}
 		wctx, cancelWatch := context.WithCancel(ctx)
@@ -760,11 +738,20 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 				}
 			}
 		}()
+		leases := make([]clientv3.LeaseID, n)
 		last := make([]time.Time, n)
-		err = b.parallel(ctx, "raw etcd: renewing each lease once", n, setupWorkers, func(ctx context.Context, i int) error {
+		renew := func(ctx context.Context, i int) error {
 			ctx, cancel := callCtx(ctx)
 			defer cancel()
 			_, err := b.raw.cli(i).KeepAliveOnce(ctx, leases[i])
+			return err
+		}
+		err = b.keptWhileMade(ctx, "raw etcd: granting "+groupDigits(int64(n))+" leases", n, b.f.ttl, func(ctx context.Context, i int) error {
+			var err error
+			leases[i], err = b.raw.grantKey(ctx, i, key(i))
+			return err
+		}, renew, "raw etcd: renewing each lease once", func(ctx context.Context, i int) error {
+			err := renew(ctx, i)
 			last[i] = time.Now()
 			return err
 		})
@@ -785,7 +772,7 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 	ours1, raw1, err := b.rounds(ctx, ours, b.rawRounds(raw))
 	b.rawCleanup(ctx)
 	spec := resultSpec{workload: wlExpiry, ratioOf: ratioP50,
-		latency:    fmt.Sprintf("the last heartbeat's answer -> the session shown gone: its end event on a stream, and GET answering 410 or 404 and no listing showing it through the endpoint it heartbeated, TTL %s", b.f.ttl),
+		latency:    fmt.Sprintf("the last heartbeat's answer -> the session's end event on a stream (GET must then answer 410 or 404, and no listing show it, within %s: else still_listed), TTL %s", confirmWithin, b.f.ttl),
 		rawLatency: "the last renewal's answer -> the lease's key's delete event on a watch"}
 	return summarize(spec, []string{""}, ours1, raw1), err
 }
@@ -812,16 +799,16 @@ const confirmWithin = 5 * time.Second
 
 // awaitEnds takes the items' ends from ends, as they come, and records for
 // each the time from its last renewal (last[i]) to its end; confirm (nil:
-// none), run after an item's end, returns when the item was seen gone
-// everywhere it checks, which is then its end, or an error that fails it
-// (classify names the code). An item not ended 3 TTLs plus 30 s after its last renewal
+// none), run after an item's end and not timed (it may queue behind others'),
+// checks that the item is gone everywhere else too, or fails it (classify
+// names the code). An item not ended 3 TTLs plus 30 s after its last renewal
 // counts as not_gone. With --leader-change the etcd leader is moved half a
 // TTL after the first renewal. It returns the sample and which items went.
 // Waiting for events rather than polling each item keeps the measuring from
 // loading the nodes: 10,000 sessions polled twice a second each saturated a
 // node.
 func (b *bench) awaitEnds(ctx context.Context, what string, last []time.Time, ends <-chan goneAt, classify func(error) string,
-	confirm func(ctx context.Context, i int) (time.Time, error)) (*sample, []bool, error) {
+	confirm func(ctx context.Context, i int) error) (*sample, []bool, error) {
 	ttl := b.f.ttl
 	s := newSample()
 	gone := make([]bool, len(last))
@@ -857,7 +844,7 @@ func (b *bench) awaitEnds(ctx context.Context, what string, last []time.Time, en
 				what, from, to, time.Since(first).Round(time.Millisecond)))
 		})
 	}
-	sem := make(chan struct{}, setupWorkers/4)
+	sem := make(chan struct{}, setupWorkers)
 	deadline := time.NewTimer(time.Until(latest.Add(3*ttl + 30*time.Second)))
 	defer deadline.Stop()
 	left := len(last)
@@ -884,12 +871,11 @@ wait:
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				at, err := confirm(context.WithoutCancel(ctx), e.i)
-				if err != nil {
-					record(lat, classify(err))
-					return
+				code := ""
+				if err := confirm(context.WithoutCancel(ctx), e.i); err != nil {
+					code = classify(err)
 				}
-				record(max(at.Sub(last[e.i]), lat), "")
+				record(lat, code)
 			})
 		}
 	}
