@@ -3,7 +3,9 @@
 # roster nodes on loopback, runs roster bench with the raw etcd baseline
 # for every workload (3 interleaved rounds each), and rewrites the section
 # between the cluster-figures markers. Takes about an hour on 2 cores
-# (FIGURES_QUICK=1 checks the runner in minutes; its figures mean nothing). Run it on a quiet
+# (FIGURES_QUICK=1 checks the runner in minutes; its figures mean nothing;
+# FIGURES_FROM=NAME resumes at the run of that name, e.g. "expiry, 10000",
+# after one failed, and writes only the runs from there on). Run it on a quiet
 # machine: every figure is a ratio to raw etcd in the same run, but the
 # absolute numbers follow whatever else the cores do.
 set -euo pipefail
