@@ -217,17 +217,6 @@ func (r *rawEtcd) page(ctx context.Context, k int, from, end string, limit int) 
 	return string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00", nil
 }
 
-// exists reports whether key is there (a linearizable read).
-func (r *rawEtcd) exists(ctx context.Context, k int, key string) (bool, error) {
-	ctx, cancel := callCtx(ctx)
-	defer cancel()
-	resp, err := r.cli(k).Get(ctx, key, clientv3.WithCountOnly())
-	if err != nil {
-		return false, err
-	}
-	return resp.Count > 0, nil
-}
-
 // cleanup deletes everything under the run's prefix.
 func (r *rawEtcd) cleanup(ctx context.Context) error {
 	ctx, cancel := callCtx(ctx)
