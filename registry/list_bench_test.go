@@ -88,37 +88,15 @@ func BenchmarkList(b *testing.B) {
 	const readers, limit = 8, registry.MaxListLimit
 	// cold: every page is read as by a node that has cached no record.
 	page := func(b *testing.B, f registry.ListFilter, cold bool) {
-		var mu sync.Mutex
-		var lats []time.Duration
-		cursors := make([]string, readers)
-		var reader atomic.Int64
-		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
-		cpu0 := proc.CPUTime()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			w := int(reader.Add(1)-1) % readers
-			var mine []time.Duration
-			for pb.Next() {
-				f := f
-				f.Limit, f.Cursor = limit, cursors[w]
-				if cold {
-					r.ForgetCached()
-				}
-				t0 := time.Now()
-				p, err := r.List(ctx, admin, f)
-				mine = append(mine, time.Since(t0))
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				cursors[w] = p.NextCursor
+		readPages(b, readers, func(cursor string) (string, error) {
+			f := f
+			f.Limit, f.Cursor = limit, cursor
+			if cold {
+				r.ForgetCached()
 			}
-			mu.Lock()
-			lats = append(lats, mine...)
-			mu.Unlock()
+			p, err := r.List(ctx, admin, f)
+			return p.NextCursor, err
 		})
-		b.StopTimer()
-		reportPages(b, lats, proc.CPUTime()-cpu0)
 	}
 	b.Run("unfiltered", func(b *testing.B) { page(b, registry.ListFilter{}, false) })
 	b.Run("unfiltered-cold", func(b *testing.B) { page(b, registry.ListFilter{}, true) })
@@ -127,42 +105,50 @@ func BenchmarkList(b *testing.B) {
 	b.Run("kind", func(b *testing.B) { page(b, registry.ListFilter{ClientKind: registry.KindUI}, false) })
 	b.Run("raw", func(b *testing.B) {
 		cli := etcd.Client()
-		var mu sync.Mutex
-		var lats []time.Duration
 		const prefix = "/roster/v1/sessions/"
 		end := clientv3.GetPrefixRangeEnd(prefix)
-		cursors := make([]string, readers)
-		var reader atomic.Int64
-		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
-		cpu0 := proc.CPUTime()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			w := int(reader.Add(1)-1) % readers
-			var mine []time.Duration
-			for pb.Next() {
-				from := cursors[w]
-				if from == "" {
-					from = prefix
-				}
-				t0 := time.Now()
-				resp, err := cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(limit))
-				mine = append(mine, time.Since(t0))
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				cursors[w] = ""
-				if resp.More {
-					cursors[w] = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-				}
+		readPages(b, readers, func(cursor string) (string, error) {
+			if cursor == "" {
+				cursor = prefix
 			}
-			mu.Lock()
-			lats = append(lats, mine...)
-			mu.Unlock()
+			resp, err := cli.Get(ctx, cursor, clientv3.WithRange(end), clientv3.WithLimit(limit))
+			if err != nil || !resp.More {
+				return "", err
+			}
+			return string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00", nil
 		})
-		b.StopTimer()
-		reportPages(b, lats, proc.CPUTime()-cpu0)
 	})
+}
+
+// readPages has readers read pages one after the other with next, each
+// following its own cursor ("" starts over), and reports them (reportPages).
+func readPages(b *testing.B, readers int, next func(cursor string) (string, error)) {
+	var mu sync.Mutex
+	var lats []time.Duration
+	cursors := make([]string, readers)
+	var reader atomic.Int64
+	b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
+	cpu0 := proc.CPUTime()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := int(reader.Add(1)-1) % readers
+		var mine []time.Duration
+		for pb.Next() {
+			t0 := time.Now()
+			cursor, err := next(cursors[w])
+			mine = append(mine, time.Since(t0))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			cursors[w] = cursor
+		}
+		mu.Lock()
+		lats = append(lats, mine...)
+		mu.Unlock()
+	})
+	b.StopTimer()
+	reportPages(b, lats, proc.CPUTime()-cpu0)
 }
 
 // reportPages reports pages/s, the p50 and p99 of the page latencies, and

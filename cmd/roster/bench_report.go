@@ -54,6 +54,20 @@ type benchResult struct {
 // throughput and percentiles the medians of the rounds', the max the
 // largest.
 type sideStats struct {
+	measured
+	PerRound []roundStats `json:"per_round"`
+}
+
+// roundStats is one side's measurement in one round.
+type roundStats struct {
+	Round int `json:"round"`
+	measured
+	Notes []string `json:"notes,omitempty"`
+}
+
+// measured is what a side and each of its rounds report (flattened into
+// their JSON objects).
+type measured struct {
 	Ops            int64            `json:"ops"`
 	OK             int64            `json:"ok"`
 	Errors         int64            `json:"errors"`
@@ -64,22 +78,6 @@ type sideStats struct {
 	// SessionsRenewed and SessionErrorsByCode: batch-heartbeat only.
 	SessionsRenewed     int64            `json:"sessions_renewed,omitempty"`
 	SessionErrorsByCode map[string]int64 `json:"session_errors_by_code,omitempty"`
-	PerRound            []roundStats     `json:"per_round"`
-}
-
-// roundStats is one side's measurement in one round.
-type roundStats struct {
-	Round               int              `json:"round"`
-	Ops                 int64            `json:"ops"`
-	OK                  int64            `json:"ok"`
-	Errors              int64            `json:"errors"`
-	ErrorsByCode        map[string]int64 `json:"errors_by_code"`
-	ElapsedSeconds      float64          `json:"elapsed_seconds"`
-	Throughput          float64          `json:"throughput"`
-	Latency             *latencyMS       `json:"latency_ms,omitempty"`
-	SessionsRenewed     int64            `json:"sessions_renewed,omitempty"`
-	SessionErrorsByCode map[string]int64 `json:"session_errors_by_code,omitempty"`
-	Notes               []string         `json:"notes,omitempty"`
 }
 
 // latencyMS holds latency percentiles in milliseconds, of the successful
@@ -119,10 +117,9 @@ var ratioMeanings = map[string]string{
 
 // roundOf sums up one sample.
 func roundOf(round int, s *sample, spec resultSpec) roundStats {
-	rs := roundStats{
-		Round: round, Ops: s.ops, OK: s.ok, Errors: s.errorCount(), ErrorsByCode: nonNil(s.errs),
-		ElapsedSeconds: s.elapsed.Seconds(), Notes: s.notes,
-	}
+	rs := roundStats{Round: round, Notes: s.notes, measured: measured{
+		Ops: s.ops, OK: s.ok, Errors: s.errorCount(), ErrorsByCode: nonNil(s.errs), ElapsedSeconds: s.elapsed.Seconds(),
+	}}
 	if spec.perItem {
 		rs.SessionsRenewed = s.items
 		rs.SessionErrorsByCode = nonNil(s.itemErrs)
@@ -152,7 +149,7 @@ func nonNil(m map[string]int64) map[string]int64 {
 
 // sideOf sums up one side's rounds (samples of one phase, in round order).
 func sideOf(samples []*sample, spec resultSpec) *sideStats {
-	st := &sideStats{ErrorsByCode: map[string]int64{}, PerRound: []roundStats{}}
+	st := &sideStats{measured: measured{ErrorsByCode: map[string]int64{}}, PerRound: []roundStats{}}
 	var tput, p50, p90, p99 []float64
 	for i, s := range samples {
 		rs := roundOf(i+1, s, spec)
