@@ -140,8 +140,12 @@ func (m *Member) waitReady(ctx context.Context, elog *zap.Logger) error {
 		return fmt.Errorf("create etcd client: %w", err)
 	}
 	m.client = client
-	// clientv3.New does not dial; one request proves the client reaches the member.
-	if _, err := client.Status(ctx, m.clientURL); err != nil {
+	// clientv3.New does not dial; one request proves the client reaches the member. A
+	// serializable count-only read, which a learner serves too, not Maintenance Status:
+	// etcd v3.7 panics serving Status on a member that has just applied its own
+	// removal, and the panic would kill this process (a member restarted on its data
+	// after being removed while down).
+	if _, err := client.Get(ctx, "\x00", clientv3.WithSerializable(), clientv3.WithCountOnly()); err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			err = cause
 		}

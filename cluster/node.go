@@ -553,16 +553,21 @@ func (n *Node) Client() *clientv3.Client { return n.client }
 
 // EtcdLeader returns the etcd leader's member id, 0 when there is none or it
 // cannot be found out within ctx. A node running a member asks that member
-// directly (no request); a node without one asks the voters' Maintenance
-// Status. Use it rather than Status on a member that may be leaving: etcd
-// v3.7 panics serving Status on a member removed from the cluster, and the
-// panic kills the process that embeds that member.
+// directly (no request). Use it rather than Status on a member that may be
+// leaving: etcd v3.7 panics serving Maintenance Status on a member removed
+// from the cluster, and the panic kills the process that embeds that member.
+// So only a node against an external cluster, where Roster removes no
+// members, asks the endpoints' Status; an embedded-mode node between members
+// (removed, about to join again) reports 0.
 func (n *Node) EtcdLeader(ctx context.Context) uint64 {
 	n.mu.Lock()
 	m, eps := n.member, n.endpoints
 	n.mu.Unlock()
 	if m != nil {
 		return m.Leader()
+	}
+	if !n.cfg.external() {
+		return 0
 	}
 	for _, ep := range eps {
 		if st, err := n.client.Status(ctx, ep); err == nil && st.Leader != 0 {
