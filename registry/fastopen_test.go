@@ -278,3 +278,33 @@ func TestRevokedTokenOpensNothing(t *testing.T) {
 		t.Fatalf("sessions after the revoked token's opens: %+v, %v", page, err)
 	}
 }
+
+// TestPooledLeaseOutlivesTTLWithView: on a node with a liveness view a
+// pooled lease carries the view's slack; an open takes one granted a moment
+// ago without renewing it, and one older with a renewal. Either way the
+// lease outlives the session's TTL from the open by more than half the
+// slack, so the view, not the lease, ends a session whose client stops.
+func TestPooledLeaseOutlivesTTLWithView(t *testing.T) {
+	nodes, _ := livenessNodes(t, []string{"a"})
+	r := nodes[0].reg
+	open(t, r, admin, registry.OpenRequest{User: "warm", Module: "sales", TTLSeconds: 10}) // starts the pool of 12 s
+	slack := int64(registry.LeaseSlack / time.Second)
+	for _, c := range []struct {
+		user string
+		wait time.Duration
+	}{
+		{"fresh", 0},                      // the pool was just filled
+		{"aged", 1500 * time.Millisecond}, // older than half the slack: renewed at the open
+	} {
+		pooled := r.PooledLeases()
+		time.Sleep(c.wait)
+		s := open(t, r, admin, registry.OpenRequest{User: c.user, Module: "sales", TTLSeconds: 10})
+		lease := sessionLease(t, s.ID)
+		if !slices.Contains(pooled, int64(lease)) {
+			t.Fatalf("%s: the session's lease %x did not come from the pool %x", c.user, lease, pooled)
+		}
+		if left := ttlLeft(t, lease); left < 10+slack/2 {
+			t.Fatalf("%s: right after the open the session's lease has %d s left; want at least its TTL of 10 s plus half the slack of %d s", c.user, left, slack)
+		}
+	}
+}

@@ -32,7 +32,13 @@ const (
 // A pooled lease's TTL counts from its grant, so an open renews the lease it
 // takes at once (one message on a keepalive stream, sent along with the
 // open's transaction) and waits for that renewal before it answers: the
-// session lives its full TTL from the open, never less. While in the pool a
+// session lives its full TTL from the open, never less. Under load the pool
+// turns over in a fraction of a second, and a lease granted or renewed less
+// than half the liveness view's slack ago (see freshFor) needs no renewal:
+// its TTL includes the slack, so it still outlives the session's TTL from
+// the open by more than half the slack, and the view, not the lease, ends a
+// session whose client stops. Such an open saves the keepalive round trip
+// to the etcd leader. While in the pool a
 // lease is renewed every third of its TTL (keepLeases); one not renewed for
 // half its TTL is not handed out. An open that fails without writing gives
 // its lease back; one whose transaction may have been written revokes it.
@@ -74,9 +80,18 @@ func (l pooledLease) usable(ttl int64, now time.Time) bool {
 	return now.Sub(l.since) < time.Duration(ttl)*time.Second/2
 }
 
+// freshFor is how long after its grant or renewal a pooled lease is handed
+// out without renewing it: half the lease slack (a node without a liveness
+// view has none, and always renews). slack is in seconds.
+func freshFor(slack int64) time.Duration {
+	return time.Duration(slack) * time.Second / 2
+}
+
 // sessionLease is the lease an open puts its session on.
 type sessionLease struct {
 	pooledLease
+	// pooled is set when the lease came from the pool (renewed or fresh).
+	pooled bool
 	// renewed receives the answer to the renewal sent when the lease was
 	// taken from the pool; nil for a lease granted for this open. Until it
 	// is answered, the lease lives at least as taken says.
@@ -89,11 +104,15 @@ type sessionLease struct {
 }
 
 // leaseForOpen returns the lease for a session of ttl seconds: one from the
-// pool (if pooled is set) with its renewal under way (see sessionFull), or
-// else one granted now. Cancelling ctx abandons the grant.
+// pool (if pooled is set), fresh or with its renewal under way (see
+// sessionFull), or else one granted now. Cancelling ctx abandons the grant.
 func (r *Registry) leaseForOpen(ctx context.Context, ttl int64, pooled bool) (*sessionLease, error) {
 	if l, ok := r.takeLease(ttl, pooled); ok {
-		sl := &sessionLease{pooledLease: pooledLease{id: l.id, since: time.Now()}, renewed: make(chan renewResult, 1), taken: l}
+		now := time.Now()
+		if now.Sub(l.since) < freshFor(r.leaseSlack()) {
+			return &sessionLease{pooledLease: l, pooled: true, taken: l}, nil
+		}
+		sl := &sessionLease{pooledLease: pooledLease{id: l.id, since: now}, pooled: true, renewed: make(chan renewResult, 1), taken: l}
 		cancelStream, err := r.renewer.stream(l.id).send(int64(l.id), sl.renewed)
 		if err == nil {
 			sl.cancelStream = cancelStream
@@ -110,7 +129,7 @@ func (r *Registry) leaseForOpen(ctx context.Context, ttl int64, pooled bool) (*s
 }
 
 // sessionFull waits until the session on sl lives its full TTL from the
-// open: for a pooled lease, until the renewal sent when it was taken is
+// open: for a pooled lease taken with a renewal, until that renewal is
 // answered (once more if that one failed). An error means the session may
 // live less; the caller revokes the lease.
 func (r *Registry) sessionFull(ctx context.Context, sl *sessionLease) error {

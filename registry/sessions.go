@@ -180,7 +180,7 @@ func (r *Registry) open(ctx context.Context, p Principal, reqp *OpenRequest) (Op
 		return OpenedSession{}, err
 	}
 	opened, err := r.openOnLease(cctx, p, req, lease)
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) && lease.renewed != nil {
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) && lease.pooled {
 		// A pooled lease was revoked behind the pool's back: so may be the
 		// others. Start the pool of this TTL afresh and grant one now.
 		r.flushPool(leaseTTL)
@@ -305,7 +305,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			rec.createRev = resp.Header.Revision
 			r.remember(&rec, resp.Header.Revision)
 			rec.ExpiresInSeconds = rec.TTLSeconds
-			r.deadlines.note(rec.LeaseID, rec.TTLSeconds+r.leaseSlack(), now)
+			r.deadlines.note(rec.LeaseID, rec.TTLSeconds+r.leaseSlack(), sl.since)
 			return OpenedSession{Session: rec.Session, Token: token}, nil
 		}
 		if tokenAt >= 0 {
