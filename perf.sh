@@ -5,7 +5,8 @@
 # between the cluster-figures markers. Takes about an hour on 2 cores
 # (FIGURES_QUICK=1 checks the runner in minutes; its figures mean nothing;
 # FIGURES_FROM=NAME resumes at the run of that name, e.g. "expiry, 10000",
-# after one failed, and writes only the runs from there on). Run it on a quiet
+# after one failed, and writes only the runs from there on; FIGURES_ONLY="open|kill-latency"
+# runs and writes only the runs whose names start so). Run it on a quiet
 # machine: every figure is a ratio to raw etcd in the same run, but the
 # absolute numbers follow whatever else the cores do.
 set -euo pipefail

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,12 +83,15 @@ func BenchmarkClusterFigures(b *testing.B) {
 	fmt.Fprintln(&table, "|---|---|---|---|---|---|---|---|---|")
 	var resources string
 	for range b.N {
-		from := os.Getenv("FIGURES_FROM")
+		from, only := os.Getenv("FIGURES_FROM"), os.Getenv("FIGURES_ONLY")
 		for _, fr := range figureRuns() {
 			if from != "" && !strings.HasPrefix(fr.name, from) {
 				continue // FIGURES_FROM=name: resume at the run named so, after a failed one
 			}
 			from = ""
+			if only != "" && !slices.ContainsFunc(strings.Split(only, "|"), func(p string) bool { return strings.HasPrefix(fr.name, p) }) {
+				continue // FIGURES_ONLY="name|name": only the runs named so (again after a change)
+			}
 			args := append([]string{"bench"}, fr.args...)
 			args = append(args, "--baseline", "etcd", "--etcd-endpoints", strings.Join(etcdURLs, ","), "--rounds", "3", "-o", "json")
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Minute)
