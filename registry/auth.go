@@ -37,9 +37,9 @@ type Principal struct {
 	// ended marks a session token whose session has ended: it may still
 	// learn how (heartbeat, get, close answer 410) and nothing else.
 	ended bool
-	// tokenHash and tokenRev are set when AuthenticateForOpen found the API
-	// token in the node's copy: Open checks that its entry is still at
-	// tokenRev (see checkToken).
+	// tokenHash and tokenRev are set when AuthenticateFromCopy found the
+	// API token in the node's copy: Open, Kill and Logout check in their
+	// transaction that its entry is still at tokenRev (see tokenCmps).
 	tokenHash string
 	tokenRev  int64
 }
@@ -139,16 +139,19 @@ func (r *Registry) authAPIToken(ctx context.Context, tok string, serializable bo
 	return Principal{Role: st.Role, Name: st.Name, TokenID: st.id()}, nil
 }
 
-// AuthenticateForOpen is Authenticate for a principal that will only open a
-// session (Open): it finds an API token in the node's copy of the tokens
-// (see rightsCache) instead of reading it, and leaves the check that the
-// token still exists to the open: its transaction compares the token's
-// entry with the copy's, and a refused open reads the token before it
-// answers. So a token revoked a moment ago, even through another node,
-// opens nothing and learns nothing. The principal is good for Open only:
-// other calls would not check the token again. A token the copy lacks is
-// authenticated as by Authenticate.
-func (r *Registry) AuthenticateForOpen(ctx context.Context, bearer string) (Principal, error) {
+// AuthenticateFromCopy is Authenticate for a principal that will only open
+// a session (Open) or end one (Kill, Logout): it finds an API token in the
+// node's copy of the tokens (see rightsCache) instead of reading it, and
+// leaves the check that the token still exists to that call: its
+// transaction compares the token's entry with the copy's, and a refusal
+// reads the token before it answers. So a token revoked a moment ago, even
+// through another node, opens or ends nothing and learns nothing. A token
+// read linearizably costs a round to the etcd leader (and, on a follower,
+// a wait for its apply to catch up) before the call's own transaction, as
+// much again as the transaction on a busy cluster. The principal is good
+// for Open, Kill and Logout only: other calls would not check the token
+// again. A token the copy lacks is authenticated as by Authenticate.
+func (r *Registry) AuthenticateFromCopy(ctx context.Context, bearer string) (Principal, error) {
 	if strings.HasPrefix(bearer, apiTokenPrefix) {
 		hash := hashToken(bearer)
 		if kv := r.rights.token(tokenHashKey(hash)); kv != nil {
@@ -161,7 +164,17 @@ func (r *Registry) AuthenticateForOpen(ctx context.Context, bearer string) (Prin
 	return r.Authenticate(ctx, bearer)
 }
 
-// checkToken reads the API token of a principal from AuthenticateForOpen and
+// tokenCmps are the compares that make a transaction check the API token of
+// a principal from AuthenticateFromCopy: its entry is still the one the
+// node's copy had. None for any other principal.
+func (p Principal) tokenCmps() []clientv3.Cmp {
+	if p.tokenRev == 0 {
+		return nil
+	}
+	return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(tokenHashKey(p.tokenHash)), "=", p.tokenRev)}
+}
+
+// checkToken reads the API token of a principal from AuthenticateFromCopy and
 // answers ErrUnauthenticated unless its entry is still the one the node's
 // copy had; nil for any other principal.
 func (r *Registry) checkToken(ctx context.Context, p Principal) error {
@@ -178,6 +191,19 @@ func (r *Registry) checkToken(ctx context.Context, p Principal) error {
 		return revokedToken()
 	}
 	return nil
+}
+
+// refusedOrRevoked is err, a refusal of a call made by p, unless p's API
+// token (from AuthenticateFromCopy) is gone: then ErrUnauthenticated, so
+// that a refusal tells only the holder of a live token why.
+func (r *Registry) refusedOrRevoked(ctx context.Context, p Principal, err error) error {
+	if err == nil || errors.Is(err, ErrUnauthenticated) {
+		return err
+	}
+	if terr := r.checkToken(ctx, p); terr != nil {
+		return terr
+	}
+	return err
 }
 
 func revokedToken() error { return fmt.Errorf("%w: unknown or revoked API token", ErrUnauthenticated) }

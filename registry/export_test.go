@@ -110,6 +110,6 @@ func (r *Registry) CachedRevision(key string) int64 {
 	return r.rights.kvs[key].ModRevision
 }
 
-// FromCopy reports whether AuthenticateForOpen found p's API token in the
-// node's copy, leaving its check to Open (for tests).
+// FromCopy reports whether AuthenticateFromCopy found p's API token in the
+// node's copy, leaving its check to Open, Kill or Logout (for tests).
 func (p Principal) FromCopy() bool { return p.tokenRev != 0 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -255,10 +256,10 @@ func TestRevokedTokenOpensNothing(t *testing.T) {
 	ctx := context.Background()
 	tok, _ := token(t, b, "app-1", registry.RoleClient)
 	eventually(t, 5*time.Second, "the first node's copy has the token", func() bool {
-		p, err := a.AuthenticateForOpen(ctx, tok)
+		p, err := a.AuthenticateFromCopy(ctx, tok)
 		return err == nil && p.Name == "app-1" && p.FromCopy()
 	})
-	p, err := a.AuthenticateForOpen(ctx, tok)
+	p, err := a.AuthenticateFromCopy(ctx, tok)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,5 +307,59 @@ func TestPooledLeaseOutlivesTTLWithView(t *testing.T) {
 		if left := ttlLeft(t, lease); left < 10+slack/2 {
 			t.Fatalf("%s: right after the open the session's lease has %d s left; want at least its TTL of 10 s plus half the slack of %d s", c.user, left, slack)
 		}
+	}
+}
+
+// TestRevokedTokenEndsNothing: an API token revoked through another node
+// kills and closes no session on a node whose copy of the tokens has not
+// seen the revocation yet, and learns nothing from a refusal either; while
+// it lives, the same principal from the copy kills and closes.
+func TestRevokedTokenEndsNothing(t *testing.T) {
+	a := newRegistry(t)
+	b := secondNode(t)
+	ctx := context.Background()
+	tok, _ := token(t, b, "ops-1", registry.RoleAdmin)
+	eventually(t, 5*time.Second, "the first node's copy has the token", func() bool {
+		p, err := a.AuthenticateFromCopy(ctx, tok)
+		return err == nil && p.Name == "ops-1" && p.FromCopy()
+	})
+	p, err := a.AuthenticateFromCopy(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := open(t, b, admin, registry.OpenRequest{User: "killed", Module: "sales"})
+	closed := open(t, b, admin, registry.OpenRequest{User: "closed", Module: "sales"})
+	if ended, err := a.Kill(ctx, p, killed.ID, "live token"); err != nil || ended.Reason != registry.EndKilled || ended.By != "ops-1" {
+		t.Fatalf("kill with the live token: %+v, %v", ended, err)
+	}
+	if ended, err := a.Logout(ctx, p, closed.ID); err != nil || ended.Reason != registry.EndClosed {
+		t.Fatalf("close with the live token: %+v, %v", ended, err)
+	}
+
+	held := open(t, b, admin, registry.OpenRequest{User: "held", Module: "sales"})
+	release := a.HoldRights()
+	defer release()
+	if err := b.DeleteToken(ctx, admin, "ops-1"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		end  func() (registry.Ended, error)
+	}{
+		{"kill a live session", func() (registry.Ended, error) { return a.Kill(ctx, p, held.ID, "revoked token") }},
+		{"close a live session", func() (registry.Ended, error) { return a.Logout(ctx, p, held.ID) }},
+		{"kill an ended session", func() (registry.Ended, error) { return a.Kill(ctx, p, killed.ID, "revoked token") }},
+		{"close an ended session", func() (registry.Ended, error) { return a.Logout(ctx, p, closed.ID) }},
+		{"kill an unknown session", func() (registry.Ended, error) { return a.Kill(ctx, p, strings.Repeat("0", 32), "revoked token") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if ended, err := tt.end(); !errors.Is(err, registry.ErrUnauthenticated) {
+				t.Fatalf("with the revoked token: %+v, %v, want unauthenticated", ended, err)
+			}
+		})
+	}
+	if _, err := a.Get(ctx, admin, held.ID); err != nil {
+		t.Fatalf("the session after the revoked token's kill and close: %v", err)
 	}
 }

@@ -21,7 +21,8 @@ import (
 // compare fails it reads them and decides again. An open the copy would
 // refuse is decided again from a read too. So a right revoked a moment ago
 // is never used, and one granted a moment ago is never missed. The same
-// holds for the API token an open is made with (see AuthenticateForOpen).
+// holds for the API token an open, a kill or a logout is made with (see
+// AuthenticateFromCopy).
 //
 // It holds every user entry, licence and API token (a few hundred bytes
 // each).

@@ -152,12 +152,7 @@ func (r *Registry) normalize(req *OpenRequest) error {
 // (with its error code) in a write of its own before Open returns.
 func (r *Registry) Open(ctx context.Context, p Principal, req OpenRequest) (OpenedSession, error) {
 	opened, err := r.open(ctx, p, &req)
-	if err != nil && !errors.Is(err, ErrUnauthenticated) {
-		// A refusal tells only the holder of a live token why.
-		if terr := r.checkToken(ctx, p); terr != nil {
-			err = terr
-		}
-	}
+	err = r.refusedOrRevoked(ctx, p, err)
 	if err != nil {
 		r.auditRefusal(ctx, p, &req, err)
 	}
@@ -289,8 +284,8 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			elses = append(elses, clientv3.OpGet(connKey(c), clientv3.WithKeysOnly()))
 		}
 		tokenAt := -1
-		if p.tokenRev != 0 { // the API token as the node's copy had it (AuthenticateForOpen)
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(tokenHashKey(p.tokenHash)), "=", p.tokenRev))
+		if p.tokenRev != 0 { // the API token as the node's copy had it (AuthenticateFromCopy)
+			cmps = append(cmps, p.tokenCmps()...)
 			tokenAt, elses = len(elses), append(elses, clientv3.OpGet(tokenHashKey(p.tokenHash), clientv3.WithKeysOnly()))
 		}
 		if seat.key != "" {
@@ -557,19 +552,33 @@ func (r *Registry) Get(ctx context.Context, p Principal, id string) (Session, er
 }
 
 // Logout logs a session out: its keys go and its tombstone says "closed",
-// in one transaction; then its lease is revoked.
+// in one transaction; then its lease is revoked. For a principal from
+// AuthenticateFromCopy the transaction checks the API token too, and a
+// revoked token closes nothing and learns nothing (ErrUnauthenticated).
 func (r *Registry) Logout(ctx context.Context, p Principal, id string) (Ended, error) {
+	ended, err := r.logout(ctx, p, id)
+	return ended, r.refusedOrRevoked(ctx, p, err)
+}
+
+func (r *Registry) logout(ctx context.Context, p Principal, id string) (Ended, error) {
 	rec, err := r.resolve(ctx, p, id, "close", p.mayActOn("close"))
 	if err != nil {
 		return Ended{}, err
 	}
-	return r.endWarned(ctx, rec, Ended{ID: id, Reason: EndClosed, By: p.By()})
+	return r.endWarned(ctx, rec, Ended{ID: id, Reason: EndClosed, By: p.By()}, p.tokenCmps()...)
 }
 
 // Kill cuts a session. Admins and operators may kill any session; a user
 // (by a session token) may kill their own other sessions, and with the
-// interrupt-sessions right any session of their tenant.
+// interrupt-sessions right any session of their tenant. For a principal
+// from AuthenticateFromCopy the end's transaction checks the API token too,
+// and a revoked token kills nothing and learns nothing (ErrUnauthenticated).
 func (r *Registry) Kill(ctx context.Context, p Principal, id, reason string) (Ended, error) {
+	ended, err := r.kill(ctx, p, id, reason)
+	return ended, r.refusedOrRevoked(ctx, p, err)
+}
+
+func (r *Registry) kill(ctx context.Context, p Principal, id, reason string) (Ended, error) {
 	if err := checkOptionalText("reason", reason, MaxReasonBytes); err != nil {
 		return Ended{}, err
 	}
@@ -580,14 +589,19 @@ func (r *Registry) Kill(ctx context.Context, p Principal, id, reason string) (En
 	if err != nil {
 		return Ended{}, err
 	}
-	return r.endWarned(ctx, rec, Ended{ID: id, Reason: EndKilled, By: p.By(), Message: reason})
+	return r.endWarned(ctx, rec, Ended{ID: id, Reason: EndKilled, By: p.By(), Message: reason}, p.tokenCmps()...)
 }
 
 // endWarned is end for a logout or kill: the answer warns when the session
 // worked through a shared connection that has died and whose service timeout
 // is still running, so that clean-up would have left it alone until then.
-func (r *Registry) endWarned(ctx context.Context, rec *record, how Ended) (Ended, error) {
-	ended, err := r.end(ctx, rec, how)
+// The only extra compares are those of the caller's API token (tokenCmps):
+// a failed one means the token is revoked.
+func (r *Registry) endWarned(ctx context.Context, rec *record, how Ended, tokenCmps ...clientv3.Cmp) (Ended, error) {
+	ended, err := r.end(ctx, rec, how, tokenCmps...)
+	if errors.Is(err, errCondition) {
+		return Ended{}, revokedToken()
+	}
 	if err == nil {
 		ended.Warning = r.deadConnWarning(ctx, rec)
 	}

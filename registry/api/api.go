@@ -86,13 +86,13 @@ func (s *server) routes() []Route {
 	return []Route{
 		{"GET /healthz", s.healthz},
 		{"GET /readyz", s.readyz},
-		{"POST /v1/sessions", s.authedBy(s.reg.AuthenticateForOpen, s.openSession)},
+		{"POST /v1/sessions", s.authedBy(s.reg.AuthenticateFromCopy, s.openSession)},
 		{"GET /v1/sessions", s.authed(s.listSessions)},
 		{"GET /v1/sessions/{id}", s.authed(s.getSession)},
 		{"GET /v1/sessions/{id}/events", s.authed(s.sessionEvents)},
-		{"DELETE /v1/sessions/{id}", s.authed(s.closeSession)},
+		{"DELETE /v1/sessions/{id}", s.authedBy(s.reg.AuthenticateFromCopy, s.closeSession)},
 		{"POST /v1/sessions/{id}/heartbeat", s.authed(s.heartbeat)},
-		{"POST /v1/sessions/{id}/kill", s.authed(s.killSession)},
+		{"POST /v1/sessions/{id}/kill", s.authedBy(s.reg.AuthenticateFromCopy, s.killSession)},
 		{"GET /v1/users", s.authed(s.listUsers)},
 		{"PUT /v1/users/{tenant}/{user}", s.authed(s.putUser)},
 		{"GET /v1/users/{tenant}/{user}", s.authed(s.getUser)},
@@ -409,7 +409,7 @@ func (s *server) heartbeat(w http.ResponseWriter, r *http.Request, p registry.Pr
 func (s *server) closeSession(w http.ResponseWriter, r *http.Request, p registry.Principal) {
 	ended, err := s.reg.Logout(r.Context(), p, r.PathValue("id"))
 	if err != nil {
-		s.fail(w, r, err)
+		s.failFromCopy(w, r, p, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, ended)
@@ -424,10 +424,23 @@ func (s *server) killSession(w http.ResponseWriter, r *http.Request, p registry.
 	}
 	ended, err := s.reg.Kill(r.Context(), p, r.PathValue("id"), body.Reason)
 	if err != nil {
-		s.fail(w, r, err)
+		s.failFromCopy(w, r, p, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, ended)
+}
+
+// failFromCopy answers the failure of a call authenticated by
+// AuthenticateFromCopy other than an open (which records its own refusals).
+// An API token that the node's copy still had but etcd no longer has is
+// found out only there, as ErrUnauthenticated: that is recorded as a failed
+// authentication, as authedBy records one found by reading the token.
+func (s *server) failFromCopy(w http.ResponseWriter, r *http.Request, p registry.Principal, err error) {
+	if p.SessionID == "" && errors.Is(err, registry.ErrUnauthenticated) {
+		s.log.Debug("authentication failed", "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
+		s.reg.RecordAuthFailure(r.Context(), r.Method, r.URL.Path, err)
+	}
+	s.fail(w, r, err)
 }
 
 func (s *server) putUser(w http.ResponseWriter, r *http.Request, p registry.Principal) {
