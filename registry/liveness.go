@@ -193,8 +193,14 @@ type lapseItem struct {
 // revision), so a session that logged out or was killed meanwhile is left out: a
 // batch whose compare fails is tried again without the sessions that ended. The
 // tombstones say expired, by ByLiveness, so events, history and clients see expired.
-// The leases are revoked afterwards in the background, best effort: a lease whose
-// keys are gone harms nothing when it runs out. It returns how many it ended.
+// The sessions' leases are not revoked: each holds no keys any more and runs out by
+// itself within about LeaseSlack (the view ends a session once its TTL ran out since
+// its last heartbeat; after an etcd leader change, which renews every lease, within
+// its TTL plus LeaseSlack), where a revocation costs etcd one more raft entry per
+// session. In a storm of 10,000 the revocations, two at a time, came after most of the
+// leases had run out: etcd's leader applied some 20,000 revocations of leases it no
+// longer had, and revoking took a fifth of every node's CPU while the view still had
+// sessions to end. It returns how many it ended.
 func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int, error) {
 	var batches [][]lapseItem
 	var cur []lapseItem
@@ -213,7 +219,6 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int
 	}
 	var mu sync.Mutex
 	ended := 0
-	var leases []clientv3.LeaseID
 	var errs []error
 	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
@@ -227,9 +232,6 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			for _, it := range done {
-				leases = append(leases, clientv3.LeaseID(it.rec.LeaseID))
-			}
 			ended += len(done)
 			if err != nil {
 				errs = append(errs, err)
@@ -237,9 +239,6 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int
 		})
 	}
 	wg.Wait()
-	if len(leases) > 0 {
-		r.goTracked(func() { r.revokeAll(leases) }) // when closing, they run out by themselves
-	}
 	return ended, errors.Join(errs...)
 }
 
@@ -287,21 +286,6 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 		items = still
 	}
 	return nil, nil
-}
-
-// revokeAll revokes leases, two at a time, best effort: they hold no keys any more,
-// so they need not take from the ends of sessions still lapsing.
-func (r *Registry) revokeAll(leases []clientv3.LeaseID) {
-	sem := make(chan struct{}, 2)
-	var wg sync.WaitGroup
-	for _, l := range leases {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			r.revoke(l)
-		})
-	}
-	wg.Wait()
 }
 
 // LapseBackstop is how long after a session lapsed a node that is not the duty leader
