@@ -203,11 +203,13 @@ type lapseItem struct {
 // The sessions' leases are not revoked: each holds no keys any more and runs out by
 // itself within about LeaseSlack (the view ends a session once its TTL ran out since
 // its last heartbeat; after an etcd leader change, which renews every lease, within
-// its TTL plus LeaseSlack), where a revocation costs etcd one more raft entry per
-// session. In a storm of 10,000 the revocations, two at a time, came after most of the
-// leases had run out: etcd's leader applied some 20,000 revocations of leases it no
-// longer had, and revoking took a fifth of every node's CPU while the view still had
-// sessions to end. It returns how many it ended.
+// its TTL plus LeaseSlack). etcd applies a revocation as a raft entry and a backend
+// commit with an fsync: made now, in a storm, it competes with the ends of the
+// sessions still lapsing; made after the lease ran out, it costs that for nothing. In
+// a storm of 10,000 the revocations, two at a time, mostly came too late: etcd's
+// leader applied some 20,000 revocations of leases it no longer had, and revoking
+// took a fifth of every node's CPU while the view still had sessions to end. It
+// returns how many it ended.
 func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int, error) {
 	var batches [][]lapseItem
 	var cur []lapseItem
