@@ -47,10 +47,17 @@ const (
 // LeaseSlack is how much longer than its TTL a session's etcd lease lasts on a node
 // with a liveness view: the view ends a dead client's session when its TTL runs out,
 // and the lease, the backstop, only when the view cannot tell by then. So the two do
-// not race (etcd revokes expired leases a few hundred a second, which would hold up the
-// view's batched ends in a storm). Heartbeats, Get and List still say when the TTL
+// not race. In a storm the slack must also outlast the view's ends: etcd applies each
+// lease revocation, whether of a lease with keys or of one the view emptied, as a
+// backend commit with an fsync of its own (a bbolt delete commits at once), so
+// thousands of leases running out stall etcd's apply loop, and with it every
+// linearizable read, for seconds. With 2 s the leases of a storm of 10,000 (TTL 60 s,
+// 3 nodes on 2 cores) began to run out while the view was still ending sessions: its
+// reads of etcd stalled past outageAfter, it paused as for an outage, and up to 4,235
+// of the 10,000 ended by their leases, the last 27 s late. With 6 s it ended all
+// 10,000 within 3.4 s of their TTL. Heartbeats, Get and List still say when the TTL
 // runs out, not the lease.
-const LeaseSlack = 2 * time.Second
+const LeaseSlack = 6 * time.Second
 
 // leaseSlack is LeaseSlack in whole seconds on a node with a liveness view, else 0.
 func (r *Registry) leaseSlack() int64 {
@@ -193,8 +200,16 @@ type lapseItem struct {
 // revision), so a session that logged out or was killed meanwhile is left out: a
 // batch whose compare fails is tried again without the sessions that ended. The
 // tombstones say expired, by ByLiveness, so events, history and clients see expired.
-// The leases are revoked afterwards in the background, best effort: a lease whose
-// keys are gone harms nothing when it runs out. It returns how many it ended.
+// The sessions' leases are not revoked: each holds no keys any more and runs out by
+// itself within about LeaseSlack (the view ends a session once its TTL ran out since
+// its last heartbeat; after an etcd leader change, which renews every lease, within
+// its TTL plus LeaseSlack). etcd applies a revocation as a raft entry and a backend
+// commit with an fsync: made now, in a storm, it competes with the ends of the
+// sessions still lapsing; made after the lease ran out, it costs that for nothing. In
+// a storm of 10,000 the revocations, two at a time, mostly came too late: etcd's
+// leader applied some 20,000 revocations of leases it no longer had, and revoking
+// took a fifth of every node's CPU while the view still had sessions to end. It
+// returns how many it ended.
 func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int, error) {
 	var batches [][]lapseItem
 	var cur []lapseItem
@@ -213,7 +228,6 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int
 	}
 	var mu sync.Mutex
 	ended := 0
-	var leases []clientv3.LeaseID
 	var errs []error
 	sem := make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
@@ -227,9 +241,6 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			for _, it := range done {
-				leases = append(leases, clientv3.LeaseID(it.rec.LeaseID))
-			}
 			ended += len(done)
 			if err != nil {
 				errs = append(errs, err)
@@ -237,9 +248,6 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, inFlight int) (int
 		})
 	}
 	wg.Wait()
-	if len(leases) > 0 {
-		r.goTracked(func() { r.revokeAll(leases) }) // when closing, they run out by themselves
-	}
 	return ended, errors.Join(errs...)
 }
 
@@ -287,21 +295,6 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 		items = still
 	}
 	return nil, nil
-}
-
-// revokeAll revokes leases, two at a time, best effort: they hold no keys any more,
-// so they need not take from the ends of sessions still lapsing.
-func (r *Registry) revokeAll(leases []clientv3.LeaseID) {
-	sem := make(chan struct{}, 2)
-	var wg sync.WaitGroup
-	for _, l := range leases {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			r.revoke(l)
-		})
-	}
-	wg.Wait()
 }
 
 // LapseBackstop is how long after a session lapsed a node that is not the duty leader

@@ -271,14 +271,18 @@ func TestLivenessLateHeartbeat(t *testing.T) {
 	if !errors.As(err, &ended) || ended.Ended.Reason != registry.EndExpired || ended.Ended.By != registry.ByLiveness {
 		t.Fatalf("late heartbeat = %v, want expired by %s", err, registry.ByLiveness)
 	}
-	if got := endedAs(t, a.reg, s.ID); got == nil || got.By != registry.ByLiveness {
+	// a learns of the end by its watch, a moment later.
+	var got *registry.Ended
+	eventually(t, 15*time.Second, "a showing the end", func() bool { got = endedAs(t, a.reg, s.ID); return got != nil })
+	if got.By != registry.ByLiveness {
 		t.Fatalf("after the late heartbeat a shows %+v", got)
 	}
 }
 
 // TestLivenessLeaseOutlastsTTL: on a node with a view a session's lease is granted
 // LeaseSlack longer than its TTL, so the view, not the lease, ends a dead client's
-// session; heartbeats and Get still count down the TTL.
+// session; heartbeats and Get still count down the TTL. The view's end leaves the
+// lease, which holds none of the session's keys, to run out.
 func TestLivenessLeaseOutlastsTTL(t *testing.T) {
 	nodes, _ := livenessNodes(t, []string{"a", "b"})
 	a := nodes[0]
@@ -304,6 +308,14 @@ func TestLivenessLeaseOutlastsTTL(t *testing.T) {
 	eventually(t, 15*time.Second, "the end", func() bool { how = endedAs(t, a.reg, s.ID); return how != nil })
 	if how.Reason != registry.EndExpired || how.By != registry.ByLiveness {
 		t.Fatalf("ended as %+v, want expired by %s", how, registry.ByLiveness)
+	}
+	// The view leaves the lease to run out by itself: it holds none of the keys.
+	left, err := etcd.Client().TimeToLive(ctx, clientv3.LeaseID(kv.Kvs[0].Lease), clientv3.WithAttachedKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left.Keys) != 0 {
+		t.Fatalf("the ended session's lease still holds %q", left.Keys)
 	}
 }
 

@@ -650,7 +650,11 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bench %s: set-up: open the event stream: %w", b.wl, err)
 		}
-		ends := make(chan goneAt, 1024)
+		// Room for every session's end: the reader stamps each end as it comes and
+		// must never wait for awaitEnds, whose confirmations of earlier ends can
+		// take seconds (with 1,024 the stamps of a storm's later ends were taken
+		// only as the confirmations made room, seconds after the ends came).
+		ends := make(chan goneAt, n)
 		go func() {
 			defer close(ends)
 			for ev := range stream.Events() {
@@ -726,7 +730,7 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 		defer cancelWatch()
 		dir := b.raw.prefix + "expiry/" + strconv.Itoa(round) + "/"
 		wch := b.raw.cli(0).Watch(wctx, dir, clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithRev(from.Header.Revision+1))
-		ends := make(chan goneAt, 1024)
+		ends := make(chan goneAt, n) // room for every key's end, as for Roster's
 		go func() {
 			defer close(ends)
 			for resp := range wch {
