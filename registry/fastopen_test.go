@@ -247,6 +247,24 @@ func TestRightsCacheStaleness(t *testing.T) {
 	}
 }
 
+// copiedToken creates an API token named name through b and returns its
+// principal as a authenticates it from its copy of the tokens, once the
+// copy has it.
+func copiedToken(t *testing.T, a, b *registry.Registry, name string, role registry.Role) registry.Principal {
+	t.Helper()
+	ctx := context.Background()
+	tok, _ := token(t, b, name, role)
+	eventually(t, 5*time.Second, "the first node's copy has the token", func() bool {
+		p, err := a.AuthenticateFromCopy(ctx, tok)
+		return err == nil && p.Name == name && p.FromCopy()
+	})
+	p, err := a.AuthenticateFromCopy(ctx, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestRevokedTokenOpensNothing: an API token revoked through another node
 // opens no session on a node whose copy of the tokens has not seen the
 // revocation yet, and learns nothing from a refusal either.
@@ -254,15 +272,7 @@ func TestRevokedTokenOpensNothing(t *testing.T) {
 	a := newRegistry(t)
 	b := secondNode(t)
 	ctx := context.Background()
-	tok, _ := token(t, b, "app-1", registry.RoleClient)
-	eventually(t, 5*time.Second, "the first node's copy has the token", func() bool {
-		p, err := a.AuthenticateFromCopy(ctx, tok)
-		return err == nil && p.Name == "app-1" && p.FromCopy()
-	})
-	p, err := a.AuthenticateFromCopy(ctx, tok)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := copiedToken(t, a, b, "app-1", registry.RoleClient)
 	held := open(t, a, p, registry.OpenRequest{User: "held", Module: "sales"})
 	release := a.HoldRights()
 	defer release()
@@ -288,14 +298,14 @@ func TestRevokedTokenOpensNothing(t *testing.T) {
 func TestPooledLeaseOutlivesTTLWithView(t *testing.T) {
 	nodes, _ := livenessNodes(t, []string{"a"})
 	r := nodes[0].reg
-	open(t, r, admin, registry.OpenRequest{User: "warm", Module: "sales", TTLSeconds: 10}) // starts the pool of 12 s
+	open(t, r, admin, registry.OpenRequest{User: "warm", Module: "sales", TTLSeconds: 10}) // starts the pool of 10 s + slack
 	slack := int64(registry.LeaseSlack / time.Second)
 	for _, c := range []struct {
 		user string
 		wait time.Duration
 	}{
-		{"fresh", 0},                      // the pool was just filled
-		{"aged", 1500 * time.Millisecond}, // older than half the slack: renewed at the open
+		{"fresh", 0}, // the pool was just filled
+		{"aged", registry.LeaseSlack/2 + 500*time.Millisecond}, // older than half the slack: renewed at the open
 	} {
 		pooled := r.PooledLeases()
 		time.Sleep(c.wait)
@@ -318,15 +328,7 @@ func TestRevokedTokenEndsNothing(t *testing.T) {
 	a := newRegistry(t)
 	b := secondNode(t)
 	ctx := context.Background()
-	tok, _ := token(t, b, "ops-1", registry.RoleAdmin)
-	eventually(t, 5*time.Second, "the first node's copy has the token", func() bool {
-		p, err := a.AuthenticateFromCopy(ctx, tok)
-		return err == nil && p.Name == "ops-1" && p.FromCopy()
-	})
-	p, err := a.AuthenticateFromCopy(ctx, tok)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := copiedToken(t, a, b, "ops-1", registry.RoleAdmin)
 	killed := open(t, b, admin, registry.OpenRequest{User: "killed", Module: "sales"})
 	closed := open(t, b, admin, registry.OpenRequest{User: "closed", Module: "sales"})
 	if ended, err := a.Kill(ctx, p, killed.ID, "live token"); err != nil || ended.Reason != registry.EndKilled || ended.By != "ops-1" {
