@@ -20,6 +20,13 @@ import (
 // deletes the keys). It runs until ctx is cancelled and resumes a broken
 // watch from the next revision, so no deletion is missed while etcd keeps
 // it; past a compaction it empties the cache.
+//
+// The watch covers the tombstones too (the event streams' range, see
+// eventRange), so an end that wrote its tombstone in the deleting
+// transaction shows it in the deletion's own response and needs no read
+// (see takeSessionWatch). That costs every node one event per open, since
+// a watch filters puts only all or none; the read it saves was a round
+// trip to this member per end on every node.
 func (r *Registry) watchSessions(ctx context.Context) {
 	var next int64
 	for ctx.Err() == nil {
@@ -31,26 +38,31 @@ func (r *Registry) watchSessions(ctx context.Context) {
 				next = resp.Header.Revision + 1
 			}
 		}
-		opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithFilterPut()}
+		from, to := eventRange()
+		opts := []clientv3.OpOption{clientv3.WithRange(to), clientv3.WithPrevKV()}
 		if next > 0 {
 			opts = append(opts, clientv3.WithRev(next))
 		}
 		wctx := clientv3.WithRequireLeader(ctx)
 		r.watched.setStream(wctx)
-		wch := r.cli.Watch(wctx, sessionsPrefix, opts...)
+		wch := r.cli.Watch(wctx, from, opts...)
 		for resp := range wch {
 			// The responses that come within expiryGather of this one are
 			// taken together, so the tombstones of a storm of lease expiries
 			// (one revision, and mostly one response, each) are written many
 			// per transaction: taken one response at a time they came some 30
 			// a second, and the end events of 9,000 expired sessions over two
-			// minutes.
+			// minutes. A response without an expiry (an open, an end that
+			// wrote its tombstone) waits for nothing.
 			var ended []deletion
 			done, progress := r.takeSessionWatch(resp, &ended, &next)
 			closed := false
-			gather := time.NewTimer(expiryGather)
+			var gather *time.Timer
+			if !done && len(ended) > 0 {
+				gather = time.NewTimer(expiryGather)
+			}
 		drain:
-			for !done && len(ended) < expiryBatch*expiryWriters {
+			for gather != nil && !done && len(ended) < expiryBatch*expiryWriters {
 				select {
 				case more, ok := <-wch:
 					if !ok {
@@ -64,7 +76,9 @@ func (r *Registry) watchSessions(ctx context.Context) {
 					break drain
 				}
 			}
-			gather.Stop()
+			if gather != nil {
+				gather.Stop()
+			}
 			r.recordExpiries(ctx, ended)
 			if next > 0 {
 				r.watched.advance(max(next-1, progress))
@@ -84,7 +98,9 @@ func (r *Registry) watchSessions(ctx context.Context) {
 // takeSessionWatch applies one response of the session watch: it evicts each
 // deleted session from the cache at once, so none is served as live while the
 // tombstones are written, appends the deletions to ended and moves next past
-// them. It returns the revision a progress notification reports (0 if resp is
+// them. A deletion whose tombstone was put at its revision (by the same
+// transaction: the watch never splits a revision between responses) is no
+// expiry and is left out; the other events of the range are skipped. It returns the revision a progress notification reports (0 if resp is
 // none), and done when the watch must be set up again: it fell behind a
 // compaction (next is then 0 and the cache emptied) or broke.
 func (r *Registry) takeSessionWatch(resp clientv3.WatchResponse, ended *[]deletion, next *int64) (done bool, progress int64) {
@@ -100,12 +116,26 @@ func (r *Registry) takeSessionWatch(resp clientv3.WatchResponse, ended *[]deleti
 		r.log.Warn("session watch broke; resuming", "error", resp.Err())
 		return true, 0
 	}
+	var tombed map[string]int64 // session id → revision its tombstone was created at
 	for _, ev := range resp.Events {
-		r.evict(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix), ev.Kv.ModRevision)
-		if ev.PrevKv != nil {
+		if key := string(ev.Kv.Key); ev.Type == mvccpb.PUT && strings.HasPrefix(key, tombstonesPrefix) {
+			if tombed == nil {
+				tombed = map[string]int64{}
+			}
+			tombed[key[len(tombstonesPrefix):]] = ev.Kv.ModRevision
+		}
+	}
+	for _, ev := range resp.Events {
+		*next = ev.Kv.ModRevision + 1
+		key := string(ev.Kv.Key)
+		if ev.Type != mvccpb.DELETE || !strings.HasPrefix(key, sessionsPrefix) {
+			continue
+		}
+		id := key[len(sessionsPrefix):]
+		r.evict(id, ev.Kv.ModRevision)
+		if rev, ok := tombed[id]; ev.PrevKv != nil && (!ok || rev != ev.Kv.ModRevision) {
 			*ended = append(*ended, deletion{ev.PrevKv, ev.Kv.ModRevision})
 		}
-		*next = ev.Kv.ModRevision + 1
 	}
 	return false, 0
 }
