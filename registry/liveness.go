@@ -32,11 +32,17 @@ import (
 const ByLiveness = "liveness"
 
 const (
-	// lapseTxnsInFlight bounds the end transactions of lapsed sessions in flight: on
-	// the duty leader, and on a node acting as backstop (fewer: the duty leader may be
-	// ending the same sessions).
+	// lapseTxnsInFlight bounds the end transactions of lapsed sessions in flight, of
+	// maxTxnOps operations each: on the duty leader, and on a node acting as backstop
+	// (fewer: the duty leader may be ending the same sessions). Larger transactions
+	// (Config.MaxTxnOps) are fewer at once, about as many operations in all (at least
+	// lapseMinTxnsInFlight on the duty leader, 1 on a backstop): every member applies them one after another, and what
+	// waits in its queue delays every linearizable read and lease renewal behind it
+	// (with 32 transactions of 1,024 operations in flight the duty's own election
+	// lease went unrenewed for 1.5 s in a storm, and the duty moved).
 	lapseTxnsInFlight         = 32
 	lapseBackstopTxnsInFlight = 4
+	lapseMinTxnsInFlight      = 4
 	// lapseRetry is when a lapsed session whose end failed is tried again.
 	lapseRetry = time.Second
 	// maxUnknownBackoff bounds how far the duty spaces the checks of a session whose
@@ -149,7 +155,7 @@ func (r *Registry) lapsedInBatch(ctx context.Context, conn string, recs []*recor
 	if len(ls) == 0 || !r.etcdFresh() {
 		return
 	}
-	if _, err := r.endLapsed(ctx, ls, make(chan struct{}, lapseTxnsInFlight)); err != nil {
+	if _, err := r.endLapsed(ctx, ls, make(chan struct{}, txnsInFlight(lapseTxnsInFlight, r.endTxnOps(), lapseMinTxnsInFlight))); err != nil {
 		for _, i := range at {
 			errs[i] = err
 		}
@@ -478,7 +484,7 @@ func (r *Registry) followLapses(ctx context.Context, v *liveness.View, t *lapseT
 // the sessions that lapse while earlier ones are being ended are checked and started
 // at once; it waits for them before it returns.
 func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTracker, wch clientv3.WatchChan, next *int64, interval time.Duration) error {
-	e := newLapseEnder()
+	e := newLapseEnder(r.endTxnOps())
 	defer e.wait()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -499,7 +505,11 @@ func (r *Registry) lapseLoop(ctx context.Context, v *liveness.View, t *lapseTrac
 			now := time.Now()
 			for _, ev := range resp.Events {
 				if ev.Type == clientv3.EventTypeDelete {
-					t.remove(strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix))
+					id := strings.TrimPrefix(string(ev.Kv.Key), sessionsPrefix)
+					if s := t.sessions[id]; !e.settle(id) && s != nil && s.lapsed {
+						t.othersEnded = now // see endDue
+					}
+					t.remove(id)
 				} else {
 					t.add(ev.Kv, now, false)
 				}
@@ -525,13 +535,21 @@ type lapseEnder struct {
 	wg             sync.WaitGroup
 
 	mu      sync.Mutex
-	pending map[string]bool // the sessions in a pass
+	pending map[string]bool // the sessions in a pass (true) or tried by one (false)
 }
 
-func newLapseEnder() *lapseEnder {
+// txnsInFlight is how many end transactions of ops operations may be in flight
+// where n of maxTxnOps operations may, at least least (see lapseTxnsInFlight).
+func txnsInFlight(n, ops, least int) int {
+	return max(n*maxTxnOps/max(ops, 1), least)
+}
+
+// newLapseEnder bounds the passes' transactions in flight for transactions of ops
+// operations each.
+func newLapseEnder(ops int) *lapseEnder {
 	return &lapseEnder{
-		lead:     make(chan struct{}, lapseTxnsInFlight),
-		backstop: make(chan struct{}, lapseBackstopTxnsInFlight),
+		lead:     make(chan struct{}, txnsInFlight(lapseTxnsInFlight, ops, lapseMinTxnsInFlight)),
+		backstop: make(chan struct{}, txnsInFlight(lapseBackstopTxnsInFlight, ops, 1)),
 		pending:  map[string]bool{},
 	}
 }
@@ -541,6 +559,16 @@ func (e *lapseEnder) busy(id string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.pending[id]
+}
+
+// settle forgets session id, which was deleted, and reports whether a pass of this
+// node tried to end it (the deletion may be its end, or not).
+func (e *lapseEnder) settle(id string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, tried := e.pending[id]
+	delete(e.pending, id)
+	return tried
 }
 
 // wait waits for every pass.
@@ -569,8 +597,17 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 		vd := v.Check(id, s.ttl, s.knownAt)
 		switch {
 		case vd.State == liveness.Lapsed && vd.Silent < s.ttl+late:
+			s.lapsed = true
 			t.schedule(id, now.Add(s.ttl+late-vd.Silent)) // a backstop: the duty leader's turn first
+		case vd.State == liveness.Lapsed && late > 0 && now.Sub(t.othersEnded) < late:
+			// A backstop while another node, the duty leader, ended lapsed sessions
+			// within the backstop delay: it is at work, only behind (in a storm), and
+			// this node's ends would collide with its transactions. Once it stops
+			// ending any, as when it died, this node ends them.
+			s.lapsed = true
+			t.schedule(id, now.Add(late/2))
 		case vd.State == liveness.Lapsed:
+			s.lapsed = true
 			if !e.busy(id) {
 				cands = append(cands, lapseCandidate{id, s.ttl, s.knownAt, s.createRev, vd.Silent})
 			}
@@ -603,7 +640,9 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			for _, c := range cands {
-				delete(e.pending, c.id)
+				if e.pending[c.id] {
+					e.pending[c.id] = false // until its deletion settles it
+				}
 			}
 		}()
 		r.endPass(ctx, v, e, cands, late > 0, now)
@@ -661,12 +700,16 @@ type tracked struct {
 	createRev int64
 	knownAt   time.Time // when the duty learned of it
 	unknowns  uint      // verdicts in a row that waited for a node
+	lapsed    bool      // a verdict found it lapsed
 }
 
 // lapseTracker holds the live sessions and when to check each next, soonest first.
 type lapseTracker struct {
 	sessions map[string]*tracked
 	due      dueHeap
+	// othersEnded is when the watch last showed a lapsed session deleted that no pass
+	// of this node had tried to end: another node is ending lapsed sessions.
+	othersEnded time.Time
 }
 
 func newLapseTracker() *lapseTracker {
