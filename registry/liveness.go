@@ -36,10 +36,11 @@ const (
 	// maxTxnOps operations each: on the duty leader, and on a node acting as backstop
 	// (fewer: the duty leader may be ending the same sessions). Larger transactions
 	// (Config.MaxTxnOps) are fewer at once, about as many operations in all (at least
-	// lapseMinTxnsInFlight on the duty leader, 1 on a backstop): every member applies them one after another, and what
-	// waits in its queue delays every linearizable read and lease renewal behind it
-	// (with 32 transactions of 1,024 operations in flight the duty's own election
-	// lease went unrenewed for 1.5 s in a storm, and the duty moved).
+	// lapseMinTxnsInFlight on the duty leader, 1 on a backstop): every member applies
+	// them one after another, and what waits in its queue delays every linearizable
+	// read and lease renewal behind it (with 32 transactions of 1,024 operations in
+	// flight the duty's own election lease went unrenewed for 1.5 s in a storm, and
+	// the duty moved).
 	lapseTxnsInFlight         = 32
 	lapseBackstopTxnsInFlight = 4
 	lapseMinTxnsInFlight      = 4
