@@ -15,6 +15,13 @@ import (
 	"go.uber.org/zap"
 )
 
+// MaxTxnOps is the embedded etcd's --max-txn-ops: the most operations, and the most
+// compares, it takes in one transaction. etcd's default is 128; a storm of lapsed
+// sessions is ended in transactions of up to this many operations (about 100 sessions
+// each instead of 11: see registry.Config.MaxTxnOps), which at 1.5 MiB a request
+// (maxRequestBytes) leaves room for tombstones of some 14 KiB each.
+const MaxTxnOps = 1024
+
 const (
 	// initialClusterToken keeps Roster's etcd peers from talking to another etcd cluster
 	// that happens to use the same peer addresses.
@@ -193,6 +200,7 @@ func embedConfig(cfg Config, elog *zap.Logger) *embed.Config {
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	ec.MaxRequestBytes = maxRequestBytes
+	ec.MaxTxnOps = MaxTxnOps
 	return ec
 }
 

@@ -396,6 +396,9 @@ func TestEmbedConfig(t *testing.T) {
 	if ec.AutoCompactionMode != "periodic" || ec.AutoCompactionRetention != "1h0m0s" {
 		t.Errorf("auto-compaction = %q %q, want periodic 1h0m0s", ec.AutoCompactionMode, ec.AutoCompactionRetention)
 	}
+	if ec.MaxTxnOps != MaxTxnOps {
+		t.Errorf("MaxTxnOps = %d, want %d (registry.Config.MaxTxnOps is given the constant)", ec.MaxTxnOps, MaxTxnOps)
+	}
 	if ec.MaxRequestBytes < 3<<19 {
 		t.Errorf("MaxRequestBytes = %d, want at least 1.5 MiB", ec.MaxRequestBytes)
 	}

@@ -113,3 +113,6 @@ func (r *Registry) CachedRevision(key string) int64 {
 // FromCopy reports whether AuthenticateFromCopy found p's API token in the
 // node's copy, leaving its check to Open, Kill or Logout (for tests).
 func (p Principal) FromCopy() bool { return p.tokenRev != 0 }
+
+// EndTxnOps is how many operations the liveness view's end transactions carry.
+func (r *Registry) EndTxnOps() int { return r.endTxnOps() }

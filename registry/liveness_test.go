@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/roster-dev/roster/cluster"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/api"
 	"github.com/roster-dev/roster/registry/liveness"
@@ -55,6 +56,13 @@ func (g *gossip) set(name, url string, gone bool) {
 // answers a push (and which never pushes). No duty runs: see runLiveness.
 func livenessNodes(t *testing.T, names []string, mute ...string) ([]*lnode, *gossip) {
 	t.Helper()
+	return livenessNodesWith(t, names, nil, mute...)
+}
+
+// livenessNodesWith is livenessNodes with opt (if not nil) applied to every node's
+// registry Config.
+func livenessNodesWith(t *testing.T, names []string, opt func(*registry.Config), mute ...string) ([]*lnode, *gossip) {
+	t.Helper()
 	g := &gossip{urls: map[string]string{}, gone: map[string]bool{}}
 	var nodes []*lnode
 	for i, name := range names {
@@ -64,7 +72,12 @@ func livenessNodes(t *testing.T, names []string, mute ...string) ([]*lnode, *gos
 		if err != nil {
 			t.Fatal(err)
 		}
-		opt := func(c *registry.Config) { c.Node, c.Liveness = name, view }
+		opt := func(c *registry.Config) {
+			c.Node, c.Liveness = name, view
+			if opt != nil {
+				opt(c)
+			}
+		}
 		var r *registry.Registry
 		if i == 0 {
 			r = newRegistry(t, opt) // wipes etcd
@@ -438,4 +451,94 @@ func TestLivenessStorm(t *testing.T) {
 	if left := count("/roster/v1/ix/") + count("/roster/v1/activity/"); left != 0 {
 		t.Fatalf("%d index or activity keys left after every session ended", left)
 	}
+}
+
+// TestLivenessStormTransactions: a storm of 300 lapsed sessions holding seats is ended
+// in transactions of up to Config.MaxTxnOps operations: with the embedded member's
+// limit, in a few large ones; with etcd's default, or with more than the member takes
+// (it refuses the first, and the view falls back to 100), in transactions of about 11
+// sessions. Either way each session ends once, expired by the view, with one end
+// event on the feed, and its seat, index and activity keys go with it.
+func TestLivenessStormTransactions(t *testing.T) {
+	const n = 300
+	// Each session here ends with 9 operations: record, 5 index keys, seat, activity
+	// and tombstone; so 11 a transaction within 100 (at least 28 transactions), 113
+	// within cluster.MaxTxnOps (at least 3).
+	for _, tc := range []struct {
+		name      string
+		maxTxnOps int
+		wantOps   int  // the limit the view ends by afterwards
+		few       bool // at most 10 transactions, else at least 28
+	}{
+		{"etcd's default", 0, 100, false},
+		{"the member's limit", cluster.MaxTxnOps, cluster.MaxTxnOps, true},
+		{"above the member's limit", 4 * cluster.MaxTxnOps, 100, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nodes, g := livenessNodesWith(t, []string{"a", "b"}, func(c *registry.Config) { c.MaxTxnOps = tc.maxTxnOps }, "mute")
+			a := nodes[0]
+			ctx := context.Background()
+			cli := etcd.Client()
+			setSeats(t, a.reg, "default", "storm", n)
+			runLiveness(t, a)
+			ids := map[string]bool{}
+			for i := range n {
+				ids[openLong(t, nodes[i%2].reg, registry.OpenRequest{User: fmt.Sprintf("tx-%03d", i), Module: "storm", TTLSeconds: 1}).ID] = true
+			}
+			feed := events(t, nodes[1].reg, admin, registry.EventFilter{Module: "storm"}, 0)
+			g.set("mute", "", true) // all lapse together a TTL from now
+
+			ends := map[string]int{}
+			for len(ends) < n {
+				e := nextEvent(t, feed)
+				if !ids[e.Session.ID] || e.Type == registry.EventOpened {
+					continue
+				}
+				if e.Type != registry.EventExpired || e.By != registry.ByLiveness {
+					t.Fatalf("session %s: event %s by %q, want expired by %s", e.Session.ID, e.Type, e.By, registry.ByLiveness)
+				}
+				ends[e.Session.ID]++
+			}
+
+			resp, err := cli.Get(ctx, "/roster/v1/tombstones/", clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			txns := map[int64]bool{}
+			for _, kv := range resp.Kvs {
+				if !strings.Contains(string(kv.Value), `"reason":"expired","by":"liveness"`) {
+					t.Fatalf("tombstone %s = %s, want expired by liveness", kv.Key, kv.Value)
+				}
+				txns[kv.ModRevision] = true
+			}
+			if len(resp.Kvs) != n {
+				t.Fatalf("%d tombstones, want %d", len(resp.Kvs), n)
+			}
+			if tc.few && len(txns) > 10 || !tc.few && len(txns) < 28 {
+				t.Fatalf("the %d sessions ended in %d transactions; with MaxTxnOps %d want few: %v", n, len(txns), tc.maxTxnOps, tc.few)
+			}
+			if got := a.reg.EndTxnOps(); got != tc.wantOps {
+				t.Fatalf("the view ends by transactions of %d operations, want %d", got, tc.wantOps)
+			}
+			if left := countKeys(t, "/roster/v1/ix/") + countKeys(t, "/roster/v1/activity/") + countKeys(t, "/roster/v1/sessions/"); left != 0 {
+				t.Fatalf("%d session, index or activity keys left after every session ended", left)
+			}
+			eventually(t, 10*time.Second, "every seat free", func() bool { return inUse(t, a.reg, "default", "storm") == 0 })
+			for id, k := range ends {
+				if k != 1 {
+					t.Fatalf("session %s: %d end events, want 1", id, k)
+				}
+			}
+		})
+	}
+}
+
+// countKeys counts the keys under prefix.
+func countKeys(t *testing.T, prefix string) int64 {
+	t.Helper()
+	resp, err := etcd.Client().Get(context.Background(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Count
 }

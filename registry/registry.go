@@ -61,6 +61,12 @@ type Config struct {
 	CleanupInterval time.Duration
 	// Logger receives the registry's own logs; nil discards them.
 	Logger *slog.Logger
+	// MaxTxnOps is the most operations (and compares) the etcd cluster takes in one
+	// transaction, its --max-txn-ops; 0 means etcd's default, 128. The liveness view's
+	// end transactions fill up to it, so a storm of lapsed sessions takes fewer raft
+	// entries; everything else stays within 100. Where a member refuses a transaction
+	// as too large (a member with a lower limit), the view falls back to 100.
+	MaxTxnOps int
 	// Liveness is the node's view of the last heartbeat of every session on any
 	// node (see RunLiveness); the registry notes every heartbeat and open in it.
 	// Nil leaves expiry to the etcd leases alone. The registry does not own it:
@@ -124,6 +130,8 @@ func (c *Config) ValidateSettings() error {
 		return fmt.Errorf("registry: config: audit retention %s must not be negative (0 keeps no audit log)", c.AuditRetention)
 	case c.HistoryPruneInterval <= 0:
 		return fmt.Errorf("registry: config: history prune interval %s must be positive", c.HistoryPruneInterval)
+	case c.MaxTxnOps != 0 && c.MaxTxnOps < maxTxnOps:
+		return fmt.Errorf("registry: config: max txn ops %d must be 0 (etcd's default) or at least %d", c.MaxTxnOps, maxTxnOps)
 	case c.CleanupInterval < 100*time.Millisecond:
 		return fmt.Errorf("registry: config: clean-up interval %s must be at least 100ms", c.CleanupInterval)
 	}
@@ -193,7 +201,10 @@ type Registry struct {
 	// their lapse it ends them otherwise (ns).
 	lapseLead     atomic.Int32
 	lapseBackstop atomic.Int64
-	etcdSeen      continuity // when this node last read etcd (see probeEtcd)
+	// endOpsLimit, once a member refused an end transaction as too large, is the
+	// limit the liveness view's end transactions keep to instead of Config.MaxTxnOps.
+	endOpsLimit atomic.Int64
+	etcdSeen    continuity // when this node last read etcd (see probeEtcd)
 
 	// rights is the node's copy of the user master and the licences
 	// (watchRights keeps it); leases keeps pre-granted leases for opens.

@@ -165,6 +165,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	rcfg.HistoryRetention = f.historyRetention
 	rcfg.AuditRetention = f.auditRetention
 	rcfg.CleanupInterval = f.cleanupInterval
+	rcfg.MaxTxnOps = cluster.MaxTxnOps
 	rcfg.Logger = log.With("component", "registry")
 	if err := ccfg.Validate(); err != nil {
 		return err
