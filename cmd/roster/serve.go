@@ -165,7 +165,9 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	rcfg.HistoryRetention = f.historyRetention
 	rcfg.AuditRetention = f.auditRetention
 	rcfg.CleanupInterval = f.cleanupInterval
-	rcfg.MaxTxnOps = cluster.MaxTxnOps
+	if len(f.etcdEndpoints) == 0 {
+		rcfg.MaxTxnOps = cluster.MaxTxnOps // the embedded member's --max-txn-ops; an external etcd keeps its own limit
+	}
 	rcfg.Logger = log.With("component", "registry")
 	if err := ccfg.Validate(); err != nil {
 		return err
