@@ -540,7 +540,7 @@ type lapseEnder struct {
 }
 
 // txnsInFlight is how many end transactions of ops operations may be in flight
-// where n of maxTxnOps operations may, at least least (see lapseTxnsInFlight).
+// where n of maxTxnOps operations may, at the least (see lapseTxnsInFlight).
 func txnsInFlight(n, ops, least int) int {
 	return max(n*maxTxnOps/max(ops, 1), least)
 }
