@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -960,14 +961,13 @@ func (n *Node) Leave(ctx context.Context) error {
 	var errs []error
 	if m != nil {
 		id := m.ID()
-		cctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
-		_, err := n.client.MemberRemove(cctx, id)
-		cancel()
-		if err != nil {
+		// Another member is asked: this one stops as soon as it applies its own
+		// removal, and may not answer the request that removed it.
+		n.avoid(m.ClientURL())
+		if err := n.removeSelf(ctx, id); err != nil {
 			errs = append(errs, fmt.Errorf("cluster: remove member %s: %w", idString(id), err))
 		} else {
 			n.log.Info("removed this node's etcd member from the cluster", "member-id", idString(id))
-			n.avoid(m.ClientURL())
 			n.mu.Lock()
 			n.member = nil
 			n.mu.Unlock()
@@ -983,6 +983,23 @@ func (n *Node) Leave(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("cluster: leave gossip: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// removeSelf removes member id from the cluster. A removal whose answer was lost (the
+// member that took it stopped, having applied it) counts as done when the members
+// listed afterwards no longer include id.
+func (n *Node) removeSelf(ctx context.Context, id uint64) error {
+	cctx, cancel := context.WithTimeout(ctx, 2*callTimeout)
+	defer cancel()
+	_, err := n.client.MemberRemove(cctx, id)
+	if err == nil {
+		return nil
+	}
+	resp, lerr := n.client.MemberList(cctx)
+	if lerr != nil || slices.ContainsFunc(resp.Members, func(m *etcdserverpb.Member) bool { return m.ID == id }) {
+		return err
+	}
+	return nil
 }
 
 // Snapshot writes a point-in-time snapshot of the etcd database to w, streamed from one
