@@ -116,3 +116,23 @@ func (p Principal) FromCopy() bool { return p.tokenRev != 0 }
 
 // EndTxnOps is how many operations the liveness view's end transactions carry.
 func (r *Registry) EndTxnOps() int { return r.endTxnOps() }
+
+// LeaseDeadline is the deadline of lease as this node has seen it renewed (see
+// leaseDeadlines), and false when it has seen none (for tests).
+func (r *Registry) LeaseDeadline(lease int64) (time.Time, bool) {
+	r.deadlines.mu.Lock()
+	defer r.deadlines.mu.Unlock()
+	at, ok := r.deadlines.at[lease]
+	return at, ok
+}
+
+// SetLeaseDeadline makes this node take lease to run until at, as if it had seen a
+// renewal say so (for tests).
+func (r *Registry) SetLeaseDeadline(lease int64, at time.Time) {
+	r.deadlines.mu.Lock()
+	defer r.deadlines.mu.Unlock()
+	if r.deadlines.at == nil {
+		r.deadlines.at, r.deadlines.swept = map[int64]time.Time{}, time.Now()
+	}
+	r.deadlines.at[lease] = at
+}

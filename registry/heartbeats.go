@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -144,13 +145,18 @@ func (r *Registry) HeartbeatBatch(ctx context.Context, p Principal, req BatchHea
 	recs, errs := r.lookupMany(ctx, cr.ID, req.Sessions)
 	r.lapsedInBatch(ctx, cr.ID, recs, errs)
 	leases := []clientv3.LeaseID{clientv3.LeaseID(cr.LeaseID)}
-	var which []int
+	var which, fresh []int // the sessions to renew, and those whose lease needs none (leaseOutlivesTTL)
+	now := time.Now()
 	for i, rec := range recs {
 		if rec == nil || errs[i] != nil {
 			continue
 		}
 		if !usesConnection(&rec.Session, cr.ID) {
 			errs[i] = denied("session %s was not opened through connection %s, so its heartbeats are not the connection's to send", rec.ID, cr.ID)
+			continue
+		}
+		if r.leaseOutlivesTTL(rec, now) {
+			fresh = append(fresh, i)
 			continue
 		}
 		leases = append(leases, clientv3.LeaseID(rec.LeaseID))
@@ -174,8 +180,12 @@ func (r *Registry) HeartbeatBatch(ctx context.Context, p Principal, req BatchHea
 		active[id] = true
 	}
 	var touched []*record
-	for j, i := range which {
-		rec, rr := recs[i], res[j+1]
+	renewed := res[1:]
+	for _, i := range fresh {
+		renewed = append(renewed, renewResult{ttl: recs[i].TTLSeconds})
+	}
+	for j, i := range append(which, fresh...) {
+		rec, rr := recs[i], renewed[j]
 		switch {
 		case rr.err == nil:
 			r.noteBeat(rec.ID)

@@ -542,3 +542,89 @@ func countKeys(t *testing.T, prefix string) int64 {
 	}
 	return resp.Count
 }
+
+// TestHeartbeatRenewsWhenDue: on a node with a liveness view a heartbeat, single or in
+// a batch, leaves its session's lease alone while the newest renewal the node has seen
+// still has the TTL plus half the slack to run, and renews it (and notes the new
+// deadline) once it has less; without a view every heartbeat renews. The node's
+// deadlines are set by hand so that nothing here depends on timing.
+func TestHeartbeatRenewsWhenDue(t *testing.T) {
+	const ttl = 10
+	full := ttl*time.Second + registry.LeaseSlack
+	due := ttl*time.Second + registry.LeaseSlack/2 - time.Second // less than TTL + half the slack left
+	leaseOf := func(t *testing.T, id string) int64 {
+		t.Helper()
+		kv, err := etcd.Client().Get(context.Background(), "/roster/v1/sessions/"+id)
+		if err != nil || len(kv.Kvs) != 1 {
+			t.Fatalf("read session %s: %v", id, err)
+		}
+		return kv.Kvs[0].Lease
+	}
+	// check heartbeats the session on lease with the node's deadline set to
+	// left from now, and fails unless it was renewed as want says.
+	check := func(t *testing.T, r *registry.Registry, lease int64, left time.Duration, want bool, beat func() int64) {
+		t.Helper()
+		set := time.Now().Add(left)
+		r.SetLeaseDeadline(lease, set)
+		before := time.Now()
+		if expires := beat(); expires != ttl {
+			t.Fatalf("heartbeat with %s left: expires in %d s, want %d", left, expires, ttl)
+		}
+		at, _ := r.LeaseDeadline(lease)
+		switch renewed := at.After(set); {
+		case renewed != want:
+			t.Fatalf("heartbeat with %s of the lease left: renewed %v, want %v", left, renewed, want)
+		case renewed && at.Before(before.Add(ttl*time.Second)):
+			t.Fatalf("renewed to %s after the heartbeat began, want at least the TTL", at.Sub(before))
+		}
+		if left, err := etcd.Client().TimeToLive(context.Background(), clientv3.LeaseID(lease)); err != nil || left.TTL < ttl-1 {
+			t.Fatalf("the lease has %+v, %v left after the heartbeat", left, err)
+		}
+	}
+	t.Run("single", func(t *testing.T) {
+		nodes, _ := livenessNodes(t, []string{"a"})
+		r := nodes[0].reg
+		s := open(t, r, admin, registry.OpenRequest{User: "due", Module: "sales", TTLSeconds: ttl})
+		lease := leaseOf(t, s.ID)
+		beat := func() int64 {
+			hb, err := r.Heartbeat(context.Background(), admin, s.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return hb.ExpiresInSeconds
+		}
+		check(t, r, lease, full, false, beat)
+		check(t, r, lease, due, true, beat)
+		check(t, r, lease, full, false, beat)
+	})
+	t.Run("batch", func(t *testing.T) {
+		nodes, _ := livenessNodes(t, []string{"a"})
+		r := nodes[0].reg
+		_, app := token(t, r, "app-1", registry.RoleClient)
+		allow(t, r, "default", []string{"web-user"}, []string{"web"}, registry.RightMultiLogin)
+		conn := register(t, r, app, registry.ConnectionRequest{Service: "web", TTLSeconds: 600})
+		s := open(t, r, app, registry.OpenRequest{User: "web-user", Module: "sales", TTLSeconds: ttl, Connections: []string{conn.ID}})
+		lease := leaseOf(t, s.ID)
+		beat := func() int64 {
+			res, err := r.HeartbeatBatch(context.Background(), app, registry.BatchHeartbeatRequest{Connection: conn.ID, Sessions: []string{s.ID}})
+			if err != nil || res.Sessions[0].Err != nil {
+				t.Fatalf("batch heartbeat: %v, %+v", err, res.Sessions)
+			}
+			return res.Sessions[0].ExpiresInSeconds
+		}
+		check(t, r, lease, full, false, beat)
+		check(t, r, lease, due, true, beat)
+	})
+	t.Run("no view", func(t *testing.T) {
+		r := newRegistry(t)
+		s := open(t, r, admin, registry.OpenRequest{User: "due", Module: "sales", TTLSeconds: ttl})
+		lease := leaseOf(t, s.ID)
+		check(t, r, lease, ttl*time.Second, true, func() int64 {
+			hb, err := r.Heartbeat(context.Background(), admin, s.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return hb.ExpiresInSeconds
+		})
+	})
+}

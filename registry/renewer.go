@@ -30,6 +30,12 @@ type renewer struct {
 	leader  *leaderConns
 }
 
+// waiter waits for the answer to a renewal sent at sent.
+type waiter struct {
+	ch   chan renewResult
+	sent time.Time
+}
+
 type renewResult struct {
 	ttl int64
 	err error
@@ -43,7 +49,7 @@ type renewStream struct {
 	mu      sync.Mutex
 	stream  pb.Lease_LeaseKeepAliveClient
 	cancel  context.CancelFunc
-	waiters map[int64][]chan renewResult
+	waiters map[int64][]waiter
 	wg      sync.WaitGroup
 	seen    *leaseDeadlines // told of every renewal answered; nil: none
 	opened  time.Time       // when stream was opened
@@ -52,7 +58,7 @@ type renewStream struct {
 func newRenewer(ctx context.Context, cli *clientv3.Client, n int) *renewer {
 	r := &renewer{ctx: ctx, cli: cli, leader: &leaderConns{cli: cli}}
 	for i := 0; i < n; i++ {
-		r.streams = append(r.streams, &renewStream{ctx: ctx, cli: cli, leader: r.leader, waiters: map[int64][]chan renewResult{}})
+		r.streams = append(r.streams, &renewStream{ctx: ctx, cli: cli, leader: r.leader, waiters: map[int64][]waiter{}})
 	}
 	return r
 }
@@ -191,7 +197,7 @@ func (s *renewStream) send(id int64, ch chan renewResult) (context.CancelFunc, e
 		s.wg.Add(1)
 		go s.receive(st)
 	}
-	s.waiters[id] = append(s.waiters[id], ch)
+	s.waiters[id] = append(s.waiters[id], waiter{ch, time.Now()})
 	if err := s.stream.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
 		err = streamErr("send keepalive", err)
 		s.failLocked(s.stream, err)
@@ -217,9 +223,6 @@ func (s *renewStream) receive(st pb.Lease_LeaseKeepAliveClient) {
 		if resp.TTL <= 0 {
 			res = renewResult{err: errLeaseGone}
 		}
-		if s.seen != nil {
-			s.seen.note(resp.ID, resp.TTL, time.Now())
-		}
 		s.mu.Lock()
 		if s.stream != st {
 			s.mu.Unlock()
@@ -227,7 +230,12 @@ func (s *renewStream) receive(st pb.Lease_LeaseKeepAliveClient) {
 		}
 		q := s.waiters[resp.ID]
 		if len(q) > 0 {
-			q[0] <- res
+			if s.seen != nil {
+				// The leader renewed the lease after the request was sent, so
+				// its deadline is at least the send time plus the TTL.
+				s.seen.note(resp.ID, resp.TTL, q[0].sent)
+			}
+			q[0].ch <- res
 			if len(q) == 1 {
 				delete(s.waiters, resp.ID)
 			} else {
@@ -248,8 +256,8 @@ func (s *renewStream) failLocked(st pb.Lease_LeaseKeepAliveClient, err error) {
 	s.stream, s.cancel = nil, nil
 	s.leader.forget()
 	for id, q := range s.waiters {
-		for _, ch := range q {
-			ch <- renewResult{err: err}
+		for _, w := range q {
+			w.ch <- renewResult{err: err}
 		}
 		delete(s.waiters, id)
 	}

@@ -512,15 +512,18 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	if err := r.lapsedNow(ctx, rec); err != nil {
 		return HeartbeatResult{}, err
 	}
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	ttl, err := r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
-	if errors.Is(err, errLeaseGone) {
-		r.forget(rec.ID)
-		return HeartbeatResult{}, r.goneNow(ctx, rec)
-	}
-	if err != nil {
-		return HeartbeatResult{}, err
+	ttl := rec.TTLSeconds
+	if !r.leaseOutlivesTTL(rec, time.Now()) {
+		cctx, cancel := r.opCtx(ctx)
+		defer cancel()
+		ttl, err = r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
+		if errors.Is(err, errLeaseGone) {
+			r.forget(rec.ID)
+			return HeartbeatResult{}, r.goneNow(ctx, rec)
+		}
+		if err != nil {
+			return HeartbeatResult{}, err
+		}
 	}
 	r.noteBeat(rec.ID)
 	if req.Active {
