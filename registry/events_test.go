@@ -89,15 +89,21 @@ func currentRev(t *testing.T) int64 {
 // secondNode starts another registry on the same etcd, as another node would run.
 func secondNode(t *testing.T) *registry.Registry {
 	t.Helper()
+	return otherNode(t, "n2", "")
+}
+
+// otherNode starts another registry, node name at site, on the test etcd.
+func otherNode(tb testing.TB, name, site string) *registry.Registry {
+	tb.Helper()
 	cfg := registry.DefaultConfig()
-	cfg.Client, cfg.Node, cfg.MinTTL = etcd.Client(), "n2", time.Second
+	cfg.Client, cfg.Node, cfg.Site, cfg.MinTTL = etcd.Client(), name, site, time.Second
 	r, err := registry.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(r.Close)
+	tb.Cleanup(r.Close)
 	if err := r.Start(context.Background()); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return r
 }

@@ -23,16 +23,7 @@ import (
 func BenchmarkKill(b *testing.B) {
 	r := newRegistry(b)
 	for _, node := range []string{"n2", "n3"} {
-		cfg := registry.DefaultConfig()
-		cfg.Client, cfg.Node, cfg.Site, cfg.MinTTL = etcd.Client(), node, "fra", time.Second
-		other, err := registry.New(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(other.Close)
-		if err := other.Start(context.Background()); err != nil {
-			b.Fatal(err)
-		}
+		otherNode(b, node, "fra")
 	}
 	ids := make([]string, b.N)
 	for i := range ids {
