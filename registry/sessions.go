@@ -520,8 +520,9 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 	// only extends that lease, which holds nothing of rec: the next
 	// session's backstop lives longer, which the liveness view, not the
 	// lease, bounds. The heartbeat is answered as alive until this node's
-	// session watch evicts rec, the same lag as before leases were reused
-	// (when the revocation after the end came later still).
+	// session watch evicts rec (which comes with the end's commit on a
+	// healthy node); before leases were reused, the revocation that follows
+	// the end could cut that short on a node whose watch lagged.
 	ttl, err := r.renewer.renew(cctx, clientv3.LeaseID(rec.LeaseID))
 	if errors.Is(err, errLeaseGone) {
 		r.forget(rec.ID)
@@ -643,7 +644,8 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 // end deletes a session's keys and writes its tombstone in one
 // transaction, then gives the lease back to the lease pool or revokes it
 // (see recycleLease). If the session ended meanwhile, it answers how; the
-// end that won disposes of the lease. An end whose transaction got no
+// end that won disposes of the lease (the liveness view leaves it to run
+// out, see endLapsed). An end whose transaction got no
 // answer leaves the lease alone: it may still hold the session, and
 // expires by itself.
 //
