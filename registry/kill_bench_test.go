@@ -50,3 +50,57 @@ func BenchmarkKill(b *testing.B) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "kills/s")
 	reportCPU(b, cpu0)
 }
+
+// BenchmarkKillOpen: sessions ending and others opening at the same rate,
+// as in a steady state of logins and logouts: each op kills a session
+// through one node of three registries on the one embedded etcd and opens
+// another through the same node, from 8 clients. It reports pairs/s and the
+// CPU per pair of the whole process, counted until the lease count is back
+// where it started and the lease pool is full again, so that the revocations
+// and the pool's grants each pair leaves behind are in it:
+//
+//	go test -run '^$' -bench 'BenchmarkKillOpen$' -benchtime 2000x -count 5 ./registry/
+func BenchmarkKillOpen(b *testing.B) {
+	r := newRegistry(b)
+	for _, node := range []string{"n2", "n3"} {
+		cfg := registry.DefaultConfig()
+		cfg.Client, cfg.Node, cfg.Site, cfg.MinTTL = etcd.Client(), node, "fra", time.Second
+		other, err := registry.New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(other.Close)
+		if err := other.Start(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ids := make([]string, b.N)
+	for i := range ids {
+		ids[i] = open(b, r, admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales"}).ID
+	}
+	r.PooledLeases()
+	leases := leaseCount(b)
+	var seq atomic.Int64
+	b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	cpu0, t0 := proc.CPUTime(), time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := seq.Add(1) - 1
+			if _, err := r.Kill(context.Background(), admin, ids[i], "bench"); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := r.Open(context.Background(), admin, registry.OpenRequest{User: fmt.Sprintf("v%d", i), Module: "sales"}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed := time.Since(t0)
+	r.PooledLeases()
+	eventually(b, 10*time.Second, "the lease count back where it started", func() bool { return leaseCount(b) <= leases+1 }) // +1: the tombstones' lease
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "pairs/s")
+	reportCPU(b, cpu0)
+}
