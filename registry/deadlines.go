@@ -84,21 +84,27 @@ func (r *Registry) fillSeenExpiry(ss []Session, leases []int64) {
 	}
 }
 
+// beatFresh is how recently a lease must have been renewed for a heartbeat to leave
+// it as it is (see leaseOutlivesTTL).
+const beatFresh = time.Second
+
 // leaseOutlivesTTL reports whether a heartbeat of rec at now may leave its lease as it
 // is: on a node with a liveness view (the view, not the lease, ends a session whose
 // client stops), when the newest renewal this node has seen of the lease (or its grant
-// at the open) still has at least the session's TTL plus half the slack to run. That
-// is the rule of a fresh pooled lease (freshFor): a lease granted or renewed less than
-// half the slack ago. The lease, the backstop, then outlives the TTL from this
-// heartbeat by more than half the slack, so the view still ends the session first,
-// and the heartbeat costs no keepalive round trip to the etcd leader: a client that
-// beats every second renews its lease about every 3 s, not every second. A node
-// without a view (no slack) renews at every heartbeat.
+// at the open) was less than beatFresh ago, so that the lease, the backstop, still
+// outlives the TTL from this heartbeat by at least LeaseSlack - beatFresh (6 s). The
+// view then still ends a dead client's session first, also in a storm (see
+// LeaseSlack), and the heartbeat costs no keepalive round trip to the etcd leader.
+// That spares etcd the heartbeats that come more often than once a second per session
+// through one node (a client that retries, several processes beating one session, a
+// benchmark); a client that heartbeats every third of its TTL, as the Go client and
+// the CLI do, renews at each heartbeat as before. A node without a view (no slack)
+// renews at every heartbeat.
 func (r *Registry) leaseOutlivesTTL(rec *record, now time.Time) bool {
 	slack := r.leaseSlack()
 	if slack == 0 {
 		return false
 	}
 	left, ok := r.deadlines.remaining(rec.LeaseID, now)
-	return ok && time.Duration(left)*time.Second >= time.Duration(rec.TTLSeconds+slack)*time.Second-freshFor(slack)
+	return ok && time.Duration(left)*time.Second >= time.Duration(rec.TTLSeconds+slack)*time.Second-beatFresh
 }

@@ -545,13 +545,13 @@ func countKeys(t *testing.T, prefix string) int64 {
 
 // TestHeartbeatRenewsWhenDue: on a node with a liveness view a heartbeat, single or in
 // a batch, leaves its session's lease alone while the newest renewal the node has seen
-// still has the TTL plus half the slack to run, and renews it (and notes the new
-// deadline) once it has less; without a view every heartbeat renews. The node's
+// was less than a second ago, and renews it (and notes the new deadline) once it was
+// longer ago; without a view every heartbeat renews. The node's
 // deadlines are set by hand so that nothing here depends on timing.
 func TestHeartbeatRenewsWhenDue(t *testing.T) {
 	const ttl = 10
 	full := ttl*time.Second + registry.LeaseSlack
-	due := ttl*time.Second + registry.LeaseSlack/2 - time.Second // less than TTL + half the slack left
+	due := ttl*time.Second + registry.LeaseSlack - 2*time.Second // renewed 2 s ago: due
 	leaseOf := func(t *testing.T, id string) int64 {
 		t.Helper()
 		kv, err := etcd.Client().Get(context.Background(), "/roster/v1/sessions/"+id)
@@ -564,13 +564,22 @@ func TestHeartbeatRenewsWhenDue(t *testing.T) {
 	// left from now, and fails unless it was renewed as want says.
 	check := func(t *testing.T, r *registry.Registry, lease int64, left time.Duration, want bool, beat func() int64) {
 		t.Helper()
-		set := time.Now().Add(left)
-		r.SetLeaseDeadline(lease, set)
-		before := time.Now()
-		if expires := beat(); expires != ttl {
-			t.Fatalf("heartbeat with %s left: expires in %d s, want %d", left, expires, ttl)
+		var set, before, at time.Time
+		for try := 0; ; try++ {
+			set = time.Now().Add(left)
+			r.SetLeaseDeadline(lease, set)
+			before = time.Now()
+			if expires := beat(); expires != ttl {
+				t.Fatalf("heartbeat with %s left: expires in %d s, want %d", left, expires, ttl)
+			}
+			at, _ = r.LeaseDeadline(lease)
+			// A full lease counts as renewed under a second ago only while the
+			// heartbeat comes within the second: after a stall (-race on a busy
+			// machine) try again rather than take the renewal for a failure.
+			if want || !at.After(set) || time.Since(before) < 500*time.Millisecond || try == 4 {
+				break
+			}
 		}
-		at, _ := r.LeaseDeadline(lease)
 		switch renewed := at.After(set); {
 		case renewed != want:
 			t.Fatalf("heartbeat with %s of the lease left: renewed %v, want %v", left, renewed, want)
