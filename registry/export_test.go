@@ -136,34 +136,3 @@ func (r *Registry) SetLeaseDeadline(lease int64, at time.Time) {
 	}
 	r.deadlines.at[lease] = at
 }
-
-// PausePoolGrants stops the lease pool from granting leases for d, so that
-// what comes back to it stays visible (for tests).
-func (r *Registry) PausePoolGrants(d time.Duration) {
-	r.leases.mu.Lock()
-	r.leases.paused = time.Now().Add(d)
-	r.leases.mu.Unlock()
-}
-
-// PoolHas reports whether lease waits in the lease pool now (for tests).
-func (r *Registry) PoolHas(lease clientv3.LeaseID) bool {
-	lp := &r.leases
-	lp.mu.Lock()
-	defer lp.mu.Unlock()
-	for _, p := range lp.byTTL {
-		for _, l := range p.free {
-			if l.id == lease {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// NoteActivityFor records activity of session s on lease as a heartbeat
-// through a node whose copy still holds s would, even after s ended (for
-// tests).
-func (r *Registry) NoteActivityFor(ctx context.Context, s Session, lease clientv3.LeaseID) {
-	r.forgetActivity(s.ID)
-	r.noteActivity(ctx, []*record{{Session: s, LeaseID: int64(lease)}})
-}

@@ -162,8 +162,6 @@ func (r *Registry) HeartbeatBatch(ctx context.Context, p Principal, req BatchHea
 		leases = append(leases, clientv3.LeaseID(rec.LeaseID))
 		which = append(which, i)
 	}
-	// A session of this node's copy that ended a moment ago may have its
-	// lease reused already: see HeartbeatWith for what renewing it does.
 	rctx, cancel := r.opCtx(ctx)
 	res := r.renewer.renewAll(rctx, leases)
 	cancel()

@@ -42,8 +42,6 @@ const (
 // lease is renewed every third of its TTL (keepLeases); one not renewed for
 // half its TTL is not handed out. An open that fails without writing gives
 // its lease back; one whose transaction may have been written revokes it.
-// A session that logs out or is killed gives its lease back too, when the
-// pool of its TTL has room and the lease holds nothing (see recycleLease).
 //
 // The pool starts with the first open and grants in the background, up to
 // poolGrants at once per TTL. Close revokes the leases left in it, best
@@ -168,65 +166,6 @@ func (r *Registry) releaseLease(ttl int64, sl *sessionLease, err error) {
 		}
 	}
 	r.giveBack(ttl, l)
-}
-
-// recycleLease disposes of the lease of rec, a session that end has just
-// ended (its transaction deleted the session's keys): back into the pool of
-// its TTL when that pool has room and the lease is fit for the next session,
-// else revoked as before. A reused lease saves the end its revocation (a raft
-// entry after which every etcd member commits its backend with an fsync
-// before it applies the next entry) and the next open its lease's grant.
-//
-// The lease goes back only when etcd's TimeToLive, asked now, says:
-//   - it is granted for exactly the pool's TTL (a lease granted by a node
-//     with another lease slack, or adjusted by etcd, is revoked);
-//   - no key is attached to it: end deleted every key the session put on
-//     its lease (its record, index keys, licence seat, direct connection and
-//     activity key, see endOps), and nothing can attach one afterwards, for
-//     every later put on a session's lease is conditional on the session's
-//     record existing (see noteActivity; the seat and the direct connection
-//     are put only by the open's own transaction). A key found attached (one
-//     put by an older node without that compare, say) makes it revoked;
-//   - its remaining TTL, from which the pooled lease's since is computed
-//     (since = asked + remaining - granted, a lower bound): the pool hands it
-//     out only while it has half its TTL left, and an open renews it before
-//     answering unless it is fresh (see leasePool, freshFor), so the next
-//     session lives its full TTL from its open whatever the old one left.
-//
-// Leases of sessions ended by the liveness view (endLapsed) never come
-// here: those sessions' TTL ran out since their last heartbeat, so their
-// leases have about LeaseSlack left, too little for the pool; they run out
-// by themselves as before. The TimeToLive costs one request to the etcd
-// leader and no raft entry. Close waits for recycleLease (it runs as a
-// tracked goroutine) before it revokes the leases left in the pool, so a
-// lease given back is revoked with them; one given back after is revoked
-// by giveBack.
-func (r *Registry) recycleLease(rec *record) {
-	lease := clientv3.LeaseID(rec.LeaseID)
-	ttl := rec.TTLSeconds + r.leaseSlack()
-	if !r.poolHasRoom(ttl) {
-		r.revoke(lease)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.RequestTimeout)
-	defer cancel()
-	asked := time.Now()
-	resp, err := r.cli.TimeToLive(ctx, lease, clientv3.WithAttachedKeys())
-	if err != nil || resp.TTL <= 0 || resp.GrantedTTL != ttl || len(resp.Keys) > 0 {
-		r.revoke(lease)
-		return
-	}
-	r.giveBack(ttl, pooledLease{id: lease, since: asked.Add(time.Duration(resp.TTL-resp.GrantedTTL) * time.Second)})
-}
-
-// poolHasRoom reports whether the pool of ttl exists and has room for one
-// more lease (giveBack checks again).
-func (r *Registry) poolHasRoom(ttl int64) bool {
-	lp := &r.leases
-	lp.mu.Lock()
-	defer lp.mu.Unlock()
-	p := lp.byTTL[ttl]
-	return !lp.closed && p != nil && len(p.free)+p.granting < poolLeases
 }
 
 // takeLease takes a usable lease of ttl seconds from the pool if take is

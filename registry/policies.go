@@ -253,16 +253,9 @@ func (r *Registry) loadPolicies(ctx context.Context) (int64, error) {
 // puts. The activity key lives on the session's lease. Failures are logged,
 // not returned: a missed write makes clean-up see the session idle a tenth
 // of the timeout sooner at most, and the next active heartbeat retries.
-//
-// Each put is conditional on the session's record existing, in the same
-// transaction: an ended session's lease may already carry the next session
-// (see recycleLease), and an activity key put on it after the end would live
-// as long as that session. Session ids are never reused, so the record's
-// existence means the lease is still this session's.
 func (r *Registry) noteActivity(ctx context.Context, recs []*record) {
 	now := time.Now()
 	var ops []clientv3.Op
-	var cmps []clientv3.Cmp
 	r.actMu.Lock()
 	for _, rec := range recs {
 		idle, _ := r.policies.effective(rec.Tenant, rec.Module)
@@ -276,30 +269,24 @@ func (r *Registry) noteActivity(ctx context.Context, recs []*record) {
 			r.lastActive[rec.ID] = now
 		}
 		ops = append(ops, clientv3.OpPut(activityKey(rec.ID), strconv.FormatInt(now.UnixMilli(), 10), clientv3.WithLease(clientv3.LeaseID(rec.LeaseID))))
-		cmps = append(cmps, sessionLives(rec.ID))
 	}
 	r.actMu.Unlock()
 	for len(ops) > 0 {
 		n := min(len(ops), maxTxnOps)
 		cctx, cancel := r.opCtx(ctx)
-		resp, err := r.cli.Txn(cctx).If(cmps[:n]...).Then(ops[:n]...).Commit()
-		if err != nil || !resp.Succeeded {
-			// One session ended a moment ago (or its lease is gone) fails
-			// the whole transaction: write the others one by one.
-			for i, op := range ops[:n] {
-				if _, err := r.cli.Txn(cctx).If(cmps[i]).Then(op).Commit(); err != nil {
+		_, err := r.cli.Txn(cctx).Then(ops[:n]...).Commit()
+		if err != nil {
+			// One lease gone (its session ended a moment ago) fails the
+			// whole transaction: write the others one by one.
+			for _, op := range ops[:n] {
+				if _, err := r.cli.Txn(cctx).Then(op).Commit(); err != nil {
 					r.log.Debug("record activity failed", "key", string(op.KeyBytes()), "error", err)
 				}
 			}
 		}
 		cancel()
-		ops, cmps = ops[n:], cmps[n:]
+		ops = ops[n:]
 	}
-}
-
-// sessionLives is the compare that session id's record exists.
-func sessionLives(id string) clientv3.Cmp {
-	return clientv3.Compare(clientv3.CreateRevision(sessionKey(id)), ">", 0)
 }
 
 // forgetActivity drops what the node knows of a session's recorded activity.

@@ -513,16 +513,6 @@ func (r *Registry) HeartbeatWith(ctx context.Context, p Principal, id string, re
 		return HeartbeatResult{}, err
 	}
 	ttl := rec.TTLSeconds
-	// rec may come from this node's copy and have ended a moment ago
-	// through another node; its lease may then already be back in a lease
-	// pool or carry the next session (see recycleLease). A renewal then
-	// only extends that lease, which holds nothing of rec: the next
-	// session's backstop lives longer, which the liveness view, not the
-	// lease, bounds. The heartbeat is answered as alive until this node's
-	// session watch evicts rec (which comes with the end's commit on a
-	// healthy node); before leases were reused, the revocation that follows
-	// the end could cut that short on a node whose watch lagged and whose
-	// heartbeat renewed the lease.
 	if !r.leaseOutlivesTTL(rec, time.Now()) {
 		cctx, cancel := r.opCtx(ctx)
 		defer cancel()
@@ -565,8 +555,7 @@ func (r *Registry) Get(ctx context.Context, p Principal, id string) (Session, er
 }
 
 // Logout logs a session out: its keys go and its tombstone says "closed",
-// in one transaction; then its lease goes back to the lease pool or is
-// revoked. For a principal from
+// in one transaction; then its lease is revoked. For a principal from
 // AuthenticateFromCopy the transaction checks the API token too, and a
 // revoked token closes nothing and learns nothing (ErrUnauthenticated).
 func (r *Registry) Logout(ctx context.Context, p Principal, id string) (Ended, error) {
@@ -646,12 +635,8 @@ func (r *Registry) mayKill(ctx context.Context, p Principal, o owner) error {
 }
 
 // end deletes a session's keys and writes its tombstone in one
-// transaction, then gives the lease back to the lease pool or revokes it
-// (see recycleLease). If the session ended meanwhile, it answers how; the
-// end that won disposes of the lease (the liveness view leaves it to run
-// out, see endLapsed). An end whose transaction got no
-// answer leaves the lease alone: it may still hold the session, and
-// expires by itself.
+// transaction, then revokes the lease. If the session ended meanwhile,
+// it answers how.
 //
 // Extra compares make the end conditional on more than the session: if one
 // fails while the session is still there, end returns errCondition.
@@ -696,10 +681,9 @@ func (r *Registry) end(ctx context.Context, rec *record, how Ended, extra ...cli
 	if !resp.Succeeded {
 		return Ended{}, r.goneNow(ctx, rec)
 	}
-	// The session's keys are gone: the answer need not wait for the lease,
-	// which goes back to the lease pool or is revoked (see recycleLease).
-	if !r.goTracked(func() { r.recycleLease(rec) }) {
-		r.revoke(clientv3.LeaseID(rec.LeaseID)) // closing: nothing takes it any more
+	// The session's keys are gone: the answer need not wait for the lease.
+	if lease := clientv3.LeaseID(rec.LeaseID); !r.goTracked(func() { r.revoke(lease) }) {
+		r.revoke(lease)
 	}
 	return how, nil
 }
