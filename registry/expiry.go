@@ -39,7 +39,11 @@ func (r *Registry) watchSessions(ctx context.Context) {
 			}
 		}
 		from, to := eventRange()
-		opts := []clientv3.OpOption{clientv3.WithRange(to), clientv3.WithPrevKV()}
+		// No previous values: etcd would read each deleted record back for
+		// every node's watch, one read transaction per event (copying the
+		// member's write buffer under load), for every logout and kill
+		// although only an expiry needs it; recordExpiries reads those.
+		opts := []clientv3.OpOption{clientv3.WithRange(to)}
 		if next > 0 {
 			opts = append(opts, clientv3.WithRev(next))
 		}
@@ -132,9 +136,10 @@ func (r *Registry) takeSessionWatch(resp clientv3.WatchResponse, ended *[]deleti
 			continue
 		}
 		id := key[len(sessionsPrefix):]
+		cached := r.cached(id)
 		r.evict(id, ev.Kv.ModRevision)
-		if rev, ok := tombed[id]; ev.PrevKv != nil && (!ok || rev != ev.Kv.ModRevision) {
-			*ended = append(*ended, deletion{ev.PrevKv, ev.Kv.ModRevision})
+		if rev, ok := tombed[id]; !ok || rev != ev.Kv.ModRevision {
+			*ended = append(*ended, deletion{id, ev.Kv.ModRevision, cached})
 		}
 	}
 	return false, 0
@@ -213,7 +218,7 @@ const (
 )
 
 // recordExpiries writes an "expired" tombstone for each deleted session
-// record in prevs that has none: logout and kill wrote theirs in the
+// record in dels that has none: logout and kill wrote theirs in the
 // transaction that deleted the keys, so a session without one ran out of
 // lease. Each tombstone is put only if absent (every node's watch tries),
 // up to expiryBatch in one transaction, expiryWriters transactions at once,
@@ -223,15 +228,10 @@ func (r *Registry) recordExpiries(ctx context.Context, dels []deletion) {
 	if len(dels) == 0 {
 		return
 	}
-	dels = r.withoutTombstones(ctx, dels)
+	recs := r.expiredRecords(ctx, dels)
 	at := time.Now().UTC().Truncate(time.Second)
 	var tombs []tombstone
-	for _, d := range dels {
-		rec, err := decodeRecord(d.prev)
-		if err != nil {
-			r.log.Warn("undecodable session record in expiry watch", "error", err)
-			continue
-		}
+	for _, rec := range recs {
 		tombs = append(tombs, tombstoneOf(rec, Ended{ID: rec.ID, Reason: EndExpired, By: "lease", At: at}))
 	}
 	sem := make(chan struct{}, expiryWriters)
@@ -264,42 +264,109 @@ func (r *Registry) recordExpiries(ctx context.Context, dels []deletion) {
 	wg.Wait()
 }
 
-// deletion is a session record deleted at revision rev.
+// deletion is session id's record deleted at revision rev; rec is the record
+// as this node had it cached, nil if it had not.
 type deletion struct {
-	prev *mvccpb.KeyValue
-	rev  int64
+	id  string
+	rev int64
+	rec *record
 }
 
-// withoutTombstones drops the deletions whose session had a tombstone at
-// the deletion's revision: a logout, kill or other end writes it in the
-// transaction that deletes the keys. It reads this member's store as of each
-// deletion, up to expiryBatch in one read, so a tombstone deleted since
-// (its lease revoked) still counts. Where that read fails it keeps the
-// deletions, and the create-only put decides as of now.
-func (r *Registry) withoutTombstones(ctx context.Context, dels []deletion) []deletion {
-	cctx, cancel := r.opCtx(ctx)
-	defer cancel()
-	var out []deletion
+// expiredRecords returns the records of the deletions whose session had no
+// tombstone at the deletion's revision: a logout, kill or other end writes it
+// in the transaction that deletes the keys. It reads this member's store as
+// of each deletion, the tombstone's count and, where the node had not cached
+// it, the record as it was just before, for up to expiryBatch operations in
+// one read, so a tombstone deleted since (its lease revoked) still counts. A
+// read that fails is tried again until it works or ctx ends (the member may
+// not have applied the deletion yet); where the revisions were compacted
+// away, the cached records are kept (the create-only put decides) and the
+// others get no tombstone, as expiries past a compaction of the watch do.
+func (r *Registry) expiredRecords(ctx context.Context, dels []deletion) []*record {
+	var out []*record
 	for len(dels) > 0 {
-		batch := dels[:min(expiryBatch, len(dels))]
-		dels = dels[len(batch):]
-		ops := make([]clientv3.Op, len(batch))
-		for i, d := range batch {
-			ops[i] = clientv3.OpGet(tombstoneKey(strings.TrimPrefix(string(d.prev.Key), sessionsPrefix)),
-				clientv3.WithRev(d.rev), clientv3.WithCountOnly(), clientv3.WithSerializable())
+		n, ops := 0, 0
+		for n < len(dels) && ops+2 <= expiryBatch {
+			ops++ // the tombstone's count
+			if dels[n].rec == nil {
+				ops++ // the record
+			}
+			n++
 		}
-		resp, err := r.cli.Txn(cctx).Then(ops...).Commit()
+		batch := dels[:n]
+		dels = dels[n:]
+		resp, err := r.readExpiries(ctx, batch)
 		if err != nil {
-			out = append(out, batch...)
+			// Compacted: the cached records still get their tombstones, the
+			// create-only put deciding as of now.
+			lost := 0
+			for _, d := range batch {
+				if d.rec != nil {
+					out = append(out, d.rec)
+				} else {
+					lost++
+				}
+			}
+			if lost > 0 && ctx.Err() == nil {
+				r.log.Warn("expired sessions get no tombstone: their records could not be read back", "sessions", lost, "error", err)
+			}
 			continue
 		}
-		for i, rr := range resp.Responses {
-			if rr.GetResponseRange().Count == 0 {
-				out = append(out, batch[i])
+		i := 0
+		for _, d := range batch {
+			tombed := resp.Responses[i].GetResponseRange().Count > 0
+			i++
+			rec := d.rec
+			if rec == nil {
+				kvs := resp.Responses[i].GetResponseRange().Kvs
+				i++
+				if len(kvs) == 0 {
+					continue // no record before the deletion: nothing to tell of
+				}
+				var err error
+				if rec, err = decodeRecord(kvs[0]); err != nil {
+					r.log.Warn("undecodable session record in expiry watch", "session", d.id, "error", err)
+					continue
+				}
+			}
+			if !tombed {
+				out = append(out, rec)
 			}
 		}
 	}
 	return out
+}
+
+// readExpiries reads, for each deletion of batch, its session's tombstone
+// count at the deletion's revision and, unless the deletion has the record,
+// the record at the revision before, from this member in one transaction;
+// it tries again until that works, ctx ends, or the revisions were compacted.
+func (r *Registry) readExpiries(ctx context.Context, batch []deletion) (*clientv3.TxnResponse, error) {
+	var ops []clientv3.Op
+	for _, d := range batch {
+		ops = append(ops, clientv3.OpGet(tombstoneKey(d.id), clientv3.WithRev(d.rev), clientv3.WithCountOnly(), clientv3.WithSerializable()))
+		if d.rec == nil {
+			ops = append(ops, clientv3.OpGet(sessionKey(d.id), clientv3.WithRev(d.rev-1), clientv3.WithSerializable()))
+		}
+	}
+	wait := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := r.opCtx(ctx)
+		resp, err := r.cli.Txn(cctx).Then(ops...).Commit()
+		cancel()
+		if err == nil || errors.Is(err, rpctypes.ErrCompacted) || ctx.Err() != nil {
+			return resp, err
+		}
+		if attempt == 0 {
+			r.log.Debug("read expired sessions failed; trying again", "sessions", len(batch), "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // putTombstones puts each tombstone unless its session has one, in one
