@@ -340,6 +340,23 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 	return nil, nil
 }
 
+// lapseHoldOff bounds how long a backstop leaves a lapsed session to a duty leader
+// that is busy ending others (see holdOff): past its TTL, its backstop delay and this,
+// the backstop ends it even so, still before its lease (TTL + LeaseSlack) runs out.
+const lapseHoldOff = 4 * time.Second
+
+// holdOff reports whether a backstop (late > 0, its backstop delay) leaves a session
+// that has lapsed past late, silent for silent with a TTL of ttl, to the duty leader,
+// which ended other lapsed sessions sinceOthers ago: while another node ends lapsed
+// sessions within the backstop delay it is at work, only behind (in a storm), and this
+// node's ends would collide with its transactions. Once it stops ending any, as when
+// it died, this node ends them; and so it does with one session the leader has not
+// ended lapseHoldOff after the backstop's turn came, whatever else the leader ends
+// (one it cannot end, say).
+func holdOff(silent, ttl, late, sinceOthers time.Duration) bool {
+	return late > 0 && sinceOthers < late && silent < ttl+late+lapseHoldOff
+}
+
 // LapseBackstop is how long after a session lapsed a node that is not the duty leader
 // ends it (plus up to a quarter more, so that the nodes do not all try at once): the
 // duty leader ends it at once, and the others only when it is still there, as while
@@ -605,11 +622,7 @@ func (r *Registry) endDue(ctx context.Context, v *liveness.View, t *lapseTracker
 		case vd.State == liveness.Lapsed && vd.Silent < s.ttl+late:
 			s.lapsed = true
 			t.schedule(id, now.Add(s.ttl+late-vd.Silent)) // a backstop: the duty leader's turn first
-		case vd.State == liveness.Lapsed && late > 0 && now.Sub(t.othersEnded) < late:
-			// A backstop while another node, the duty leader, ended lapsed sessions
-			// within the backstop delay: it is at work, only behind (in a storm), and
-			// this node's ends would collide with its transactions. Once it stops
-			// ending any, as when it died, this node ends them.
+		case vd.State == liveness.Lapsed && holdOff(vd.Silent, s.ttl, late, now.Sub(t.othersEnded)):
 			s.lapsed = true
 			t.schedule(id, now.Add(late/2))
 		case vd.State == liveness.Lapsed:
