@@ -343,7 +343,7 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 // lapseHoldOff bounds how long a backstop leaves a lapsed session to a duty leader
 // that is busy ending others (see holdOff): past its TTL, its backstop delay and this,
 // the backstop ends it even so, still before its lease (TTL + LeaseSlack) runs out.
-const lapseHoldOff = 4 * time.Second
+const lapseHoldOff = 3500 * time.Millisecond
 
 // holdOff reports whether a backstop (late > 0, its backstop delay) leaves a session
 // that has lapsed past late, silent for silent with a TTL of ttl, to the duty leader,
