@@ -187,12 +187,22 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return fmt.Errorf("listen for the API on %s: %w (is another node running? pick another --listen)", f.listen, err)
 	}
 	defer ln.Close()
-	var pprofLn net.Listener
 	if f.pprofListen != "" {
-		if pprofLn, err = listenPprof(f.pprofListen); err != nil {
+		pprofLn, err := listenPprof(f.pprofListen)
+		if err != nil {
 			return err
 		}
-		defer pprofLn.Close()
+		// Profiles are served until everything else has stopped, so that a
+		// goroutine profile shows what a slow shutdown waits for.
+		pctx, stopPprof := context.WithCancel(context.WithoutCancel(ctx))
+		pprofDone := make(chan error, 1)
+		go func() { pprofDone <- servePprof(pctx, pprofLn, log) }()
+		defer func() {
+			stopPprof()
+			if err := <-pprofDone; err != nil {
+				log.Warn("pprof server failed", "error", err)
+			}
+		}()
 	}
 
 	// Start order: cluster node, registry, API. Stop order is the reverse; with --leave
@@ -267,9 +277,6 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		}
 		return nil
 	})
-	if pprofLn != nil {
-		g.Go(func() error { return servePprof(gctx, pprofLn, log) })
-	}
 	g.Go(func() error {
 		select {
 		case err := <-node.Err():
