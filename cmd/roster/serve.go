@@ -187,12 +187,22 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return fmt.Errorf("listen for the API on %s: %w (is another node running? pick another --listen)", f.listen, err)
 	}
 	defer ln.Close()
-	var pprofLn net.Listener
 	if f.pprofListen != "" {
-		if pprofLn, err = listenPprof(f.pprofListen); err != nil {
+		pprofLn, err := listenPprof(f.pprofListen)
+		if err != nil {
 			return err
 		}
-		defer pprofLn.Close()
+		// Profiles are served until everything else has stopped, so that a
+		// goroutine profile shows what a slow shutdown waits for.
+		pctx, stopPprof := context.WithCancel(context.WithoutCancel(ctx))
+		pprofDone := make(chan error, 1)
+		go func() { pprofDone <- servePprof(pctx, pprofLn, log) }()
+		defer func() {
+			stopPprof()
+			if err := <-pprofDone; err != nil {
+				log.Warn("pprof server failed", "error", err)
+			}
+		}()
 	}
 
 	// Start order: cluster node, registry, API. Stop order is the reverse; with --leave
@@ -201,7 +211,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err != nil {
 		return err
 	}
-	defer node.Close()
+	defer stopWithin(log, "etcd member and gossip", nodeStopWait, func() { node.Close() })
 	rcfg.Client = node.Client()
 	rcfg.LeaderURL = node.EtcdLeaderURL
 	var view *liveness.View
@@ -219,7 +229,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
+	defer stopWithin(log, "registry", registryStopWait, reg.Close)
 	if err := reg.Start(ctx); err != nil {
 		return err
 	}
@@ -234,7 +244,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 			return err
 		}
 		view.Start(secret)
-		defer view.Close()
+		defer stopWithin(log, "liveness view", viewStopWait, view.Close)
 	}
 
 	// Singleton duties (shutdown deadlines, the history of ended sessions, clean-up, the audit log's retention) run
@@ -249,7 +259,7 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		return err
 	}
 	duties.Start(ctx)
-	defer duties.Close()
+	defer stopWithin(log, "duties", dutiesStopWait, func() { duties.Close() })
 
 	srv := &http.Server{
 		Handler:           api.New(api.Config{Registry: reg, Cluster: node, Duties: duties, Node: f.name, Logger: log.With("component", "api"), Liveness: view}),
@@ -267,9 +277,6 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		}
 		return nil
 	})
-	if pprofLn != nil {
-		g.Go(func() error { return servePprof(gctx, pprofLn, log) })
-	}
 	g.Go(func() error {
 		select {
 		case err := <-node.Err():
@@ -281,16 +288,24 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("roster node stopping")
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), apiDrainWait)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			// Requests still running: closing their connections cancels their
+			// contexts. What a request wrote is whole or absent (one etcd
+			// transaction each); its client gets no answer and tries again.
+			log.Info("shutdown: API requests still running after the drain; closing their connections",
+				"waited", apiDrainWait, "error", err)
+			srv.Close()
+		}
+		return nil
 	})
 	log.Info(readyLine, "name", f.name, "api-url", apiURL, "etcd-role", node.Role(),
 		"data-dir", f.dataDir, "took", time.Since(begin).Round(time.Millisecond))
 	err = g.Wait()
 	if err == nil && f.leave {
-		duties.Close()
-		reg.Close()
+		stopWithin(log, "duties", dutiesStopWait, func() { duties.Close() })
+		stopWithin(log, "registry", registryStopWait, reg.Close)
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 		err = node.Leave(lctx)
 		cancel()
@@ -302,6 +317,51 @@ func serve(ctx context.Context, f *serveFlags, log *slog.Logger, etcdLog *zap.Lo
 		log.Info("roster node stopped")
 	}
 	return err
+}
+
+// How long each stage of a node's shutdown may take, in the order serve stops them
+// after SIGTERM; 12 s in all, within the 15 s the e2e harness gives and the 30 s of
+// Kubernetes' default grace period. Each stage is normally much quicker: a stage is
+// only cut short when etcd is slow, as in a storm of ends on a busy machine.
+const (
+	// apiDrainWait is how long requests in flight get to finish; then their
+	// connections are closed.
+	apiDrainWait = 3 * time.Second
+	// dutiesStopWait covers stopping the duties and revoking the election lease
+	// (which ha bounds to its TTL, 2 s).
+	dutiesStopWait = 3 * time.Second
+	// viewStopWait covers the liveness view's pushes in flight.
+	viewStopWait = time.Second
+	// registryStopWait covers the registry's background work and the revocation
+	// of its pooled leases (which it bounds to a second).
+	registryStopWait = 2 * time.Second
+	// nodeStopWait covers the etcd member and gossip: etcd waits for the requests
+	// in flight, transfers its leadership and applies the entries it has
+	// committed before it stops.
+	nodeStopWait = 3 * time.Second
+)
+
+// stopWithin runs stop, one stage of the shutdown, and waits for it at most d. A stage
+// that takes longer is left running while the shutdown goes on, and the process exits
+// without it: what it abandons is safe to abandon (registry writes are single etcd
+// transactions, whole or absent; a session end in flight is finished by the liveness
+// view or the lease; an etcd member recovers from its write-ahead log as after a
+// crash). That is logged at info; a stage on time is logged at debug.
+func stopWithin(log *slog.Logger, stage string, d time.Duration, stop func()) {
+	begin := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stop()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		log.Debug("shutdown: stopped", "stage", stage, "took", time.Since(begin).Round(time.Millisecond))
+	case <-t.C:
+		log.Info("shutdown: a stage took too long; going on without waiting for it", "stage", stage, "waited", d)
+	}
 }
 
 // livenessPeers lists the nodes gossip knows, for the liveness exchange: their API
