@@ -45,9 +45,11 @@ type benchSide struct {
 	Latency         *benchLatency    `json:"latency_ms"`
 	SessionsRenewed int64            `json:"sessions_renewed"`
 	PerRound        []struct {
-		Ops    int64 `json:"ops"`
-		OK     int64 `json:"ok"`
-		Errors int64 `json:"errors"`
+		Ops        int64         `json:"ops"`
+		OK         int64         `json:"ok"`
+		Errors     int64         `json:"errors"`
+		Throughput float64       `json:"throughput"`
+		Latency    *benchLatency `json:"latency_ms"`
 	} `json:"per_round"`
 }
 

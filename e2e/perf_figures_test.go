@@ -108,6 +108,7 @@ func BenchmarkClusterFigures(b *testing.B) {
 			for _, r := range rep.Results {
 				row := figureRow(fr, r.Phase, r.Unit, r.Roster, r.Etcd, r.Ratio, r.RatioOf)
 				b.Logf("%s", strings.TrimSuffix(row, "\n")) // kept in the log should a later run fail
+				b.Logf("%s %s: rounds in the order run (Roster first in rounds 1 and 3): %s", fr.name, r.Phase, perRound(r.Roster, r.Etcd))
 				table.WriteString(row)
 			}
 			if strings.HasPrefix(fr.name, "list") {
@@ -122,6 +123,33 @@ func BenchmarkClusterFigures(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// perRound gives each round's throughput and p50 / p99, Roster's and raw
+// etcd's, for the log: the table's medians hide a round that went astray.
+func perRound(ours, raw *benchSide) string {
+	one := func(s *benchSide, k int) string {
+		if s == nil || k >= len(s.PerRound) {
+			return "—"
+		}
+		pr := s.PerRound[k]
+		out := ""
+		if pr.Throughput > 0 {
+			out = fmt.Sprintf("%.0f/s ", pr.Throughput)
+		}
+		if l := pr.Latency; l != nil {
+			out += fmt.Sprintf("%.1f / %.1f ms", l.P50, l.P99)
+		}
+		return out
+	}
+	if ours == nil {
+		return "—"
+	}
+	var parts []string
+	for k := range len(ours.PerRound) {
+		parts = append(parts, fmt.Sprintf("round %d: Roster %s, raw %s", k+1, one(ours, k), one(raw, k)))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // figureRow is one row of the figures table.

@@ -116,9 +116,10 @@ Workloads:
                    in flight; latency is kill sent -> killed event received
   expiry           --sessions sessions heartbeated once and then no more: latency is
                    the last heartbeat's answer -> the session's end event on a
-                   stream (GET /v1/events at the last endpoint); after it, GET must
-                   answer 410 or 404 and no listing show it within 5s (through the
-                   session's own endpoint), else it counts as still_listed;
+                   stream (GET /v1/events at the last endpoint); once every session
+                   has ended, GET must answer 410 or 404 and no listing show it
+                   (through the session's own endpoint) within 5s of its end, or at
+                   once where that has passed, else it counts as still_listed;
                    --leader-change moves the etcd leader to another member half a TTL
                    after the last heartbeat
   list             --sessions live sessions (opened concurrently, in ten modules);
@@ -129,10 +130,12 @@ Workloads:
 
 Each workload runs --rounds rounds. With --baseline etcd each round also does the same
 work directly on the cluster's etcd, with the same concurrency, alternating which goes
-first; every result then has a ratio (Roster / raw etcd, the median of the per-round
-ratios): of throughput for open, heartbeat, batch-heartbeat, list and mixed as a whole
-(below 1: Roster does fewer per second), of p50 latency for kill-latency, expiry and
-each kind of operation of mixed (above 1: Roster takes longer). The raw work:
+first, each side once etcd's count of leases has held still for 1s (the side
+before's lease revocations are over); every result then has a ratio (Roster / raw
+etcd, the median of the per-round ratios): of throughput for open, heartbeat,
+batch-heartbeat, list and mixed as a whole (below 1: Roster does fewer per second), of
+p50 latency for kill-latency, expiry and each kind of operation of mixed (above 1:
+Roster takes longer). The raw work:
   open             Grant + one Txn: single-login compare, a session-sized record and
                    five index entries on the lease
   heartbeat        one renewal on a long-lived LeaseKeepAlive stream per worker
@@ -649,7 +652,16 @@ func (b *bench) rounds(ctx context.Context, ours, raw roundFunc) (oursS, rawS []
 			}
 		}
 		for _, sd := range order {
+			var settled string
+			if raw != nil {
+				settled = b.settle(ctx)
+			}
 			s, err := sd.fn(ctx, r)
+			if settled != "" {
+				for _, smp := range s {
+					smp.notes = append(smp.notes, settled)
+				}
+			}
 			if err != nil {
 				return oursS, rawS, err
 			}
@@ -660,6 +672,71 @@ func (b *bench) rounds(ctx context.Context, ours, raw roundFunc) (oursS, rawS []
 		}
 	}
 	return oursS, rawS, nil
+}
+
+// settleQuiet is how long etcd's count of leases must hold still before a
+// side of a round starts, and settleMax how long settle waits for that.
+const (
+	settleQuiet = time.Second
+	settleMax   = time.Minute
+)
+
+// settle waits until the cluster has finished the clean-up of the side before:
+// until etcd's count of leases has not changed for settleQuiet (at most
+// settleMax; a count that keeps changing is noted on stderr and the side starts
+// anyway). Roster answers a logout or a kill before the session's lease is
+// revoked, and the leases of sessions the liveness view ended run out by
+// themselves 6 s later; each revocation is a backend commit on every member.
+// Raw etcd's side revokes its leases before it returns; Roster's revocations may
+// still run after its side has, into the next side's measurement. The wait
+// makes sure they do not; on fresh nodes, rounds of opens and of kills needed
+// no more than 2 s of it. A wait longer than twice settleQuiet is described in
+// what it returns, for the round's notes.
+func (b *bench) settle(ctx context.Context) string {
+	began := time.Now()
+	first := int64(-1)
+	var count, changes atomic.Int64
+	stop := b.progress(func(time.Duration) string {
+		return fmt.Sprintf("%s: waiting for the cluster to finish the clean-up of the side before: %d leases, %d changes of the count so far", b.wl, count.Load(), changes.Load())
+	})
+	defer stop()
+	last, stillSince := int64(-1), time.Now()
+	for ctx.Err() == nil && time.Since(began) < settleMax {
+		cctx, cancel := callCtx(ctx)
+		resp, err := b.raw.cli(0).Leases(cctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ""
+			}
+			fmt.Fprintf(b.stderr, "roster: bench: note: could not count etcd's leases to wait for the side before's clean-up (%v); starting the next side without waiting\n", err)
+			return fmt.Sprintf("before this side: could not count etcd's leases (%v); the side started without waiting for the clean-up of the side before", err)
+		}
+		n := int64(len(resp.Leases))
+		if n != last {
+			last, stillSince = n, time.Now()
+			changes.Add(1)
+		}
+		if first == -1 {
+			first = n
+		}
+		count.Store(n)
+		if time.Since(stillSince) >= settleQuiet {
+			if d := time.Since(began); d > 2*settleQuiet {
+				return fmt.Sprintf("before this side: waited %s for the cluster to finish the clean-up of the side before (etcd's leases %d -> %d)", d.Round(100*time.Millisecond), first, n)
+			}
+			return ""
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(settleQuiet / 5):
+		}
+	}
+	if ctx.Err() != nil {
+		return ""
+	}
+	fmt.Fprintf(b.stderr, "roster: bench: note: etcd's count of leases was still changing %s after the side before (%d leases now); starting the next side anyway\n", settleMax, last)
+	return fmt.Sprintf("before this side: etcd's count of leases was still changing after %s (%d -> %d); the side started anyway", settleMax, first, last)
 }
 
 // what names a load for progress lines: "open, roster, round 1 of 3".

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -334,5 +337,65 @@ func TestBenchHelp(t *testing.T) {
 		if code != exitOK || !strings.Contains(stdout, want) {
 			t.Errorf("bench --help does not contain %q:\n%s", want, stdout)
 		}
+	}
+}
+
+// TestAwaitEnds: every end is timed from its item's last renewal when it
+// comes, the confirmations start only once every item has ended (none
+// while ends are still coming), each is given until its end plus
+// confirmWithin, a failed one counts under its code, and an item that never
+// ends counts as not_gone.
+func TestAwaitEnds(t *testing.T) {
+	b := &bench{f: &benchFlags{ttl: time.Second}, stderr: io.Discard}
+	base := time.Now()
+	last := []time.Time{base, base, base, base}
+	ends := make(chan goneAt, len(last))
+	var sent atomic.Int32 // ends handed to awaitEnds so far
+	send := func(i int, after time.Duration) {
+		sent.Add(1)
+		ends <- goneAt{i: i, at: base.Add(after)}
+	}
+	send(0, 1100*time.Millisecond)
+	send(2, 1300*time.Millisecond)
+	go func() {
+		time.Sleep(50 * time.Millisecond) // awaitEnds is waiting for more
+		send(3, 1200*time.Millisecond)
+		send(0, 1500*time.Millisecond) // a second end of the same item counts once
+		close(ends)                    // item 1 never ends
+	}()
+	var mu sync.Mutex
+	gives := map[int]time.Time{}
+	s, gone, err := b.awaitEnds(context.Background(), "test", last, ends, apiErrorCode, func(ctx context.Context, i int, give time.Time) error {
+		if n := sent.Load(); n != 4 {
+			t.Errorf("item %d confirmed with %d of 4 ends sent", i, n)
+		}
+		mu.Lock()
+		gives[i] = give
+		mu.Unlock()
+		if i == 2 {
+			return &codeError{codeStillListed, "listed"}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, false, true, true}; !slices.Equal(gone, want) {
+		t.Errorf("gone = %v, want %v", gone, want)
+	}
+	if s.ops != 4 || s.ok != 2 || s.errs[codeStillListed] != 1 || s.errs[codeNotGone] != 1 {
+		t.Errorf("ops %d ok %d errors %v; want 4, 2, one still_listed and one not_gone", s.ops, s.ok, s.errs)
+	}
+	slices.Sort(s.lat)
+	if want := []time.Duration{1100 * time.Millisecond, 1200 * time.Millisecond}; !slices.Equal(s.lat, want) {
+		t.Errorf("latencies %v, want %v (items 0 and 3, from their first end)", s.lat, want)
+	}
+	for i, after := range map[int]time.Duration{0: 1100 * time.Millisecond, 2: 1300 * time.Millisecond, 3: 1200 * time.Millisecond} {
+		if want := base.Add(after + confirmWithin); !gives[i].Equal(want) {
+			t.Errorf("item %d given until %v, want its end plus %s", i, gives[i].Sub(base), confirmWithin)
+		}
+	}
+	if _, ok := gives[1]; ok || len(gives) != 3 {
+		t.Errorf("confirmed %v; want items 0, 2 and 3", gives)
 	}
 }
