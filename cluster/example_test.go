@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"net"
 	"os"
 	"path/filepath"
+
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 
 	"github.com/roster-dev/roster/cluster"
 )
@@ -22,7 +23,11 @@ func ExampleStart() {
 	cfg.Name = "n1"
 	cfg.DataDir = filepath.Join(dataDir, "etcd")
 	// A node keeps the default ports; the example takes free ones.
-	cfg.ClientListen, cfg.PeerListen = loopbackAddr(), loopbackAddr()
+	for _, addr := range []*string{&cfg.ClientListen, &cfg.PeerListen} {
+		if *addr, err = loopback.Addr(); err != nil {
+			log.Fatal(err)
+		}
+	}
 
 	ctx := context.Background()
 	m, err := cluster.Start(ctx, cfg)
@@ -40,14 +45,4 @@ func ExampleStart() {
 	}
 	fmt.Printf("%s\n", resp.Kvs[0].Value)
 	// Output: world
-}
-
-// loopbackAddr returns a loopback address whose port was free a moment ago.
-func loopbackAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
+
 	"github.com/hashicorp/memberlist"
 )
 
@@ -44,42 +46,6 @@ func newGossipLogs(t *testing.T) (*gossipLogs, *slog.Logger) {
 		}
 	})
 	return logs, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-var (
-	gossipPortsMu sync.Mutex
-	gossipPorts   = map[string]bool{} // handed out by freeGossipAddr in this process
-)
-
-// freeGossipAddr returns a loopback address whose port was free a moment ago for TCP
-// and UDP, and that no other test of this process got.
-func freeGossipAddr(t testing.TB) string {
-	t.Helper()
-	gossipPortsMu.Lock()
-	defer gossipPortsMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("pick a free port: %v", err)
-		}
-		addr := l.Addr().String()
-		u, uerr := net.ListenPacket("udp", addr)
-		if err := l.Close(); err != nil {
-			t.Fatalf("pick a free port: %v", err)
-		}
-		if uerr != nil {
-			continue
-		}
-		if err := u.Close(); err != nil {
-			t.Fatalf("pick a free port: %v", err)
-		}
-		if !gossipPorts[addr] {
-			gossipPorts[addr] = true
-			return addr
-		}
-	}
-	t.Fatal("pick a free port: no free TCP and UDP port in 100 tries")
-	return ""
 }
 
 // testGossipConfig returns a config for node name on listen, logging to log.
@@ -252,14 +218,14 @@ func TestMemberlistLogDemotesClosedSocketsWhenClosing(t *testing.T) {
 
 func TestGossipStartErrors(t *testing.T) {
 	_, log := newGossipLogs(t)
-	if _, err := StartGossip(GossipConfig{Listen: freeGossipAddr(t), Logger: log}, NodeMeta{}); err == nil {
+	if _, err := StartGossip(GossipConfig{Listen: loopback.MustGossipAddr(t), Logger: log}, NodeMeta{}); err == nil {
 		t.Error("StartGossip without a name succeeded")
 	}
 	big := NodeMeta{API: strings.Repeat("a", 600)}
-	if _, err := StartGossip(testGossipConfig("n1", freeGossipAddr(t), log), big); err == nil || !strings.Contains(err.Error(), "512") {
+	if _, err := StartGossip(testGossipConfig("n1", loopback.MustGossipAddr(t), log), big); err == nil || !strings.Contains(err.Error(), "512") {
 		t.Errorf("StartGossip with oversize meta: %v, want an error naming 512", err)
 	}
-	addr := freeGossipAddr(t)
+	addr := loopback.MustGossipAddr(t)
 	startGossip(t, testGossipConfig("n1", addr, log), NodeMeta{})
 	if g, err := StartGossip(testGossipConfig("n2", addr, log), NodeMeta{}); err == nil {
 		g.Close()
@@ -272,7 +238,7 @@ func TestGossipStartErrors(t *testing.T) {
 func TestGossipThreeNodes(t *testing.T) {
 	t.Parallel()
 	_, log := newGossipLogs(t)
-	a1, a2, a3 := freeGossipAddr(t), freeGossipAddr(t), freeGossipAddr(t)
+	a1, a2, a3 := loopback.MustGossipAddr(t), loopback.MustGossipAddr(t), loopback.MustGossipAddr(t)
 	metas := map[string]NodeMeta{
 		"n1": {Site: "s", API: "http://127.0.0.1:1", Role: RoleVoter, Healthy: true},
 		"n2": {Site: "s", API: "http://127.0.0.1:2", Role: RoleVoter, Healthy: true},
@@ -351,7 +317,7 @@ func TestGossipThreeNodes(t *testing.T) {
 func TestGossipCrashIsDeadLeaveIsLeft(t *testing.T) {
 	t.Parallel()
 	_, log := newGossipLogs(t)
-	a1, a2, a3 := freeGossipAddr(t), freeGossipAddr(t), freeGossipAddr(t)
+	a1, a2, a3 := loopback.MustGossipAddr(t), loopback.MustGossipAddr(t), loopback.MustGossipAddr(t)
 	n1 := startGossip(t, testGossipConfig("n1", a1, log.With("node", "n1")), NodeMeta{Site: "s1"})
 	n2 := startGossip(t, testGossipConfig("n2", a2, log.With("node", "n2"), a1), NodeMeta{Site: "s2"})
 	n3 := startGossip(t, testGossipConfig("n3", a3, log.With("node", "n3"), a1), NodeMeta{Site: "s3"})
@@ -423,7 +389,7 @@ func TestGossipCrashIsDeadLeaveIsLeft(t *testing.T) {
 func TestGossipJoinerWaitsForPeer(t *testing.T) {
 	t.Parallel()
 	logs, log := newGossipLogs(t)
-	a1, a2 := freeGossipAddr(t), freeGossipAddr(t)
+	a1, a2 := loopback.MustGossipAddr(t), loopback.MustGossipAddr(t)
 	n2 := startGossip(t, testGossipConfig("n2", a2, log.With("node", "n2"), a1), NodeMeta{Site: "s2"})
 
 	// n2 has tried and failed at least once before n1 exists.
@@ -446,7 +412,7 @@ func TestGossipJoinerWaitsForPeer(t *testing.T) {
 func TestGossipRejoinsWhenAlone(t *testing.T) {
 	t.Parallel()
 	_, log := newGossipLogs(t)
-	a1, a2 := freeGossipAddr(t), freeGossipAddr(t)
+	a1, a2 := loopback.MustGossipAddr(t), loopback.MustGossipAddr(t)
 	n1 := startGossip(t, testGossipConfig("n1", a1, log.With("node", "n1")), NodeMeta{Site: "s1"})
 	n2 := startGossip(t, testGossipConfig("n2", a2, log.With("node", "n2"), a1), NodeMeta{Site: "s2"})
 	waitFor(t, 10*time.Second, func() string { return seesAs(n2, "n1", GossipAlive, nil) })
@@ -466,7 +432,7 @@ func TestGossipRejoinsWhenAlone(t *testing.T) {
 func TestGossipDeadNameReclaimed(t *testing.T) {
 	t.Parallel()
 	logs, log := newGossipLogs(t)
-	a1, a2, a2b := freeGossipAddr(t), freeGossipAddr(t), freeGossipAddr(t)
+	a1, a2, a2b := loopback.MustGossipAddr(t), loopback.MustGossipAddr(t), loopback.MustGossipAddr(t)
 	n1 := startGossip(t, testGossipConfig("n1", a1, log.With("node", "n1")), NodeMeta{Site: "s1"})
 	n2 := startGossip(t, testGossipConfig("n2", a2, log.With("node", "n2"), a1), NodeMeta{Site: "s2"})
 	waitFor(t, 10*time.Second, func() string { return seesAs(n1, "n2", GossipAlive, nil) })
@@ -507,7 +473,7 @@ func TestGossipDeadNameReclaimed(t *testing.T) {
 // memberlist could not be made to produce on demand.
 func TestGossipPeerEvents(t *testing.T) {
 	logs, log := newGossipLogs(t)
-	g := startGossip(t, testGossipConfig("n1", freeGossipAddr(t), log), NodeMeta{Site: "s1"})
+	g := startGossip(t, testGossipConfig("n1", loopback.MustGossipAddr(t), log), NodeMeta{Site: "s1"})
 	d := delegate{g}
 	node := func(name string, meta []byte) *memberlist.Node {
 		return &memberlist.Node{Name: name, Addr: net.IPv4(10, 0, 0, 9), Port: 7403, Meta: meta}

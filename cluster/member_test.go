@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -61,20 +63,6 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("pick a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatalf("pick a free port: %v", err)
-	}
-	return addr
-}
-
 // testConfig returns a valid config on free loopback ports and a fresh data dir. etcd's
 // warnings and our logs go to a buffer that is printed if the test fails.
 func testConfig(t testing.TB) Config {
@@ -88,8 +76,8 @@ func testConfig(t testing.TB) Config {
 	cfg := DefaultConfig()
 	cfg.Name = "t1"
 	cfg.DataDir = filepath.Join(t.TempDir(), "etcd") // etcd creates it, mode 0700
-	cfg.ClientListen = freeAddr(t)
-	cfg.PeerListen = freeAddr(t)
+	cfg.ClientListen = loopback.MustAddr(t)
+	cfg.PeerListen = loopback.MustAddr(t)
 	cfg.StartTimeout = 30 * time.Second
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	cfg.EtcdLogger = zap.New(zapcore.NewCore(enc, zapcore.AddSync(logs), zapcore.WarnLevel))
@@ -465,7 +453,7 @@ func TestEtcdExpectedWarningsDemoted(t *testing.T) {
 func TestStartWithoutQuorumGivesUp(t *testing.T) {
 	verifyNoLeaks(t)
 	cfg := testConfig(t)
-	cfg.InitialCluster = cfg.Name + "=http://" + cfg.PeerListen + ",absent=http://" + freeAddr(t)
+	cfg.InitialCluster = cfg.Name + "=http://" + cfg.PeerListen + ",absent=http://" + loopback.MustAddr(t)
 	cfg.StartTimeout = 3 * time.Second
 	done := make(chan error, 1)
 	go func() {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 )
 
 // testNodeConfig returns the config of node name with data in a temp dir and free ports.
@@ -18,12 +20,12 @@ func testNodeConfig(t *testing.T, name string, log *slog.Logger) NodeConfig {
 	cfg := DefaultNodeConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.Member.Name = name
-	cfg.Member.ClientListen, cfg.Member.PeerListen = freeAddr(t), freeAddr(t)
+	cfg.Member.ClientListen, cfg.Member.PeerListen = loopback.MustAddr(t), loopback.MustAddr(t)
 	cfg.Member.StartTimeout = 30 * time.Second
 	cfg.Gossip.Name = name
-	cfg.Gossip.Listen = freeAddr(t)
+	cfg.Gossip.Listen = loopback.MustGossipAddr(t)
 	cfg.Gossip.ReclaimAfter = time.Second
-	cfg.APIURL = "http://" + freeAddr(t)
+	cfg.APIURL = "http://" + loopback.MustAddr(t)
 	cfg.Logger = log.With("node", name)
 	return cfg
 }
@@ -168,7 +170,7 @@ func TestNodeExternalEtcd(t *testing.T) {
 	// The external etcd: a plain member, as an operator's etcd would be.
 	mcfg := DefaultConfig()
 	mcfg.Name, mcfg.DataDir = "etcd0", filepath.Join(t.TempDir(), "etcd")
-	mcfg.ClientListen, mcfg.PeerListen = freeAddr(t), freeAddr(t)
+	mcfg.ClientListen, mcfg.PeerListen = loopback.MustAddr(t), loopback.MustAddr(t)
 	m, err := Start(context.Background(), mcfg)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 )
 
 // ReadyLine is the log line a node writes once it serves.
@@ -85,68 +86,18 @@ func cleanEnv() []string {
 	return env
 }
 
-// handedOut holds the ports FreeAddr and FreeGossipAddr have returned, so
-// that one test process never hands the same port to two listeners even
-// when the kernel offers it again after it was closed.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// claim records port as handed out and reports whether it was new.
-func claim(port int) bool {
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	if handedOut.ports[port] {
-		return false
-	}
-	handedOut.ports[port] = true
-	return true
-}
-
 // KillWithParent makes the kernel SIGKILL cmd's process when the test
 // process dies (on Linux; elsewhere it does nothing), for helper processes
 // a test starts itself.
 func KillWithParent(cmd *exec.Cmd) { setDeathSignal(cmd) }
 
 // FreeAddr returns a loopback address whose port was free a moment ago and
-// that this process has not handed out before.
-func FreeAddr() (string, error) {
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		addr := l.Addr().(*net.TCPAddr)
-		l.Close()
-		if claim(addr.Port) {
-			return addr.String(), nil
-		}
-	}
-	return "", errors.New("e2e: no fresh free port in 100 tries")
-}
+// that this process has not handed out before (see package loopback).
+func FreeAddr() (string, error) { return loopback.Addr() }
 
-// FreeGossipAddr returns a loopback address whose port was free a moment
-// ago for both TCP and UDP, as memberlist needs both on one port.
-func FreeGossipAddr() (string, error) {
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		addr := l.Addr().(*net.TCPAddr)
-		u, err := net.ListenPacket("udp", addr.String())
-		l.Close()
-		if err != nil {
-			continue // the UDP port is taken: try another
-		}
-		u.Close()
-		if claim(addr.Port) {
-			return addr.String(), nil
-		}
-	}
-	return "", errors.New("e2e: no port free for both TCP and UDP in 100 tries")
-}
+// FreeGossipAddr is FreeAddr for a port free for both TCP and UDP, as
+// memberlist needs both on one port.
+func FreeGossipAddr() (string, error) { return loopback.GossipAddr() }
 
 // Node is one roster serve process, restartable on its data dir and ports.
 // Its fields may be changed between runs (a restart picks them up), not

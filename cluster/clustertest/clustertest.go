@@ -4,24 +4,18 @@ package clustertest
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
+
 	"github.com/roster-dev/roster/cluster"
 )
 
-// FreeAddr returns a loopback address whose port was free a moment ago.
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("clustertest: pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// FreeAddr returns a loopback address whose port was free a moment ago and
+// that no other caller in this process got (see package loopback).
+func FreeAddr() (string, error) { return loopback.Addr() }
 
 // NewConfig returns a member config with data in dir/etcd (which etcd
 // creates with mode 0700) and free ports.

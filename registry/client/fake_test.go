@@ -3,13 +3,14 @@ package client_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 
 	"github.com/roster-dev/roster/registry"
 )
@@ -201,13 +202,7 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // deadEndpoint returns the URL of a port nothing listens on: dialling it is refused.
 func deadEndpoint(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return "http://" + addr
+	return "http://" + loopback.MustAddr(t)
 }
 
 // eofEndpoint returns a server that reads each request and then drops the
