@@ -199,9 +199,18 @@ func embedConfig(cfg Config, elog *zap.Logger) *embed.Config {
 	ec.QuotaBackendBytes = cfg.QuotaBytes
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
+	ec.WatchProgressNotifyInterval = progressInterval(cfg.CompactionRetention)
 	ec.MaxRequestBytes = maxRequestBytes
 	ec.MaxTxnOps = MaxTxnOps
 	return ec
+}
+
+// progressInterval is how often etcd tells a quiet watch the revision it
+// has reached: a fifth of the compaction retention, so that an event stream
+// with nothing to send can still resume after a break of most of the
+// retention; at least a second, and at most etcd's default of 10 minutes.
+func progressInterval(retention time.Duration) time.Duration {
+	return min(max(retention/5, time.Second), 10*time.Minute)
 }
 
 // peerURL is the URL etcd listens on for, and advertises to, peers.

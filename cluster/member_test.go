@@ -16,6 +16,7 @@ import (
 
 	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -381,8 +382,11 @@ func TestEmbedConfig(t *testing.T) {
 	if ec.QuotaBackendBytes != 4<<30 {
 		t.Errorf("QuotaBackendBytes = %d, want 4 GiB", ec.QuotaBackendBytes)
 	}
-	if ec.AutoCompactionMode != "periodic" || ec.AutoCompactionRetention != "1h0m0s" {
-		t.Errorf("auto-compaction = %q %q, want periodic 1h0m0s", ec.AutoCompactionMode, ec.AutoCompactionRetention)
+	if ec.AutoCompactionMode != "periodic" || ec.AutoCompactionRetention != "5m0s" {
+		t.Errorf("auto-compaction = %q %q, want periodic 5m0s", ec.AutoCompactionMode, ec.AutoCompactionRetention)
+	}
+	if ec.WatchProgressNotifyInterval != time.Minute {
+		t.Errorf("WatchProgressNotifyInterval = %s, want 1m (a fifth of the retention)", ec.WatchProgressNotifyInterval)
 	}
 	if ec.MaxTxnOps != MaxTxnOps {
 		t.Errorf("MaxTxnOps = %d, want %d (registry.Config.MaxTxnOps is given the constant)", ec.MaxTxnOps, MaxTxnOps)
@@ -471,4 +475,61 @@ func TestStartWithoutQuorumGivesUp(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("Start did not return a minute after its 3s timeout: closing a member that never became ready hangs")
 	}
+}
+
+// TestAutoCompaction: the member compacts its history by itself, to the
+// revision of CompactionRetention ago, and tells a quiet watch how far it
+// has got, so a stream can resume from a revision not yet compacted.
+func TestAutoCompaction(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.CompactionRetention = 5 * time.Second
+	m := start(t, cfg)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cli := m.Client()
+
+	quiet := cli.Watch(ctx, "/quiet/", clientv3.WithPrefix(), clientv3.WithProgressNotify())
+	first, err := cli.Put(ctx, "/test/gone", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Delete(ctx, "/test/gone"); err != nil {
+		t.Fatal(err)
+	}
+	// Writes go on, as on a node in use, so that there are newer revisions
+	// to keep; the revision of the first put must become compacted.
+	var compacted bool
+	for !compacted {
+		if _, err := cli.Put(ctx, "/test/tick", "v"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cli.Get(ctx, "/test/gone", clientv3.WithRev(first.Header.Revision))
+		switch {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			compacted = true
+		case err != nil:
+			t.Fatal(err)
+		case ctx.Err() != nil:
+			t.Fatalf("revision %d never compacted with a retention of %s", first.Header.Revision, cfg.CompactionRetention)
+		default:
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	// The latest revision is still there to read.
+	if _, err := cli.Get(ctx, "/test/tick"); err != nil {
+		t.Fatalf("read after the compaction: %v", err)
+	}
+	// The quiet watch heard of the progress (every fifth of the retention).
+	for resp := range quiet {
+		if resp.IsProgressNotify() {
+			if resp.Header.Revision <= first.Header.Revision {
+				t.Errorf("progress notification at revision %d, want past %d", resp.Header.Revision, first.Header.Revision)
+			}
+			return
+		}
+		if len(resp.Events) > 0 || resp.Err() != nil {
+			t.Fatalf("quiet watch: %d events, error %v", len(resp.Events), resp.Err())
+		}
+	}
+	t.Fatal("the quiet watch ended without a progress notification")
 }

@@ -211,8 +211,9 @@ func clusterResources(b *testing.B, c *e2e.Cluster) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return fmt.Sprintf("With the list run's sessions open: node RSS %s (target ≤ 1 GiB each); etcd database %.0f MiB with the history of the whole run, "+
-		"%.0f MiB once compacted and defragmented, as etcd's hourly auto-compaction and an operator's defragmentation leave it (target ≤ 300 MiB).",
+	return fmt.Sprintf("With the list run's sessions open: node RSS %s (target ≤ 1 GiB each); etcd database %.0f MiB as the run left it "+
+		"(etcd compacts every 5 minutes, keeping 5 minutes of history; its file does not shrink by itself), "+
+		"%.0f MiB once compacted to the latest revision and defragmented, an operator's call (target ≤ 300 MiB).",
 		strings.Join(parts, ", "), before, after)
 }
 
