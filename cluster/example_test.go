@@ -7,9 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/roster-dev/roster/cluster/clustertest/loopback"
-
 	"github.com/roster-dev/roster/cluster"
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 )
 
 func ExampleStart() {

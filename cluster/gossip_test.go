@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roster-dev/roster/cluster/clustertest/loopback"
-
 	"github.com/hashicorp/memberlist"
+
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 )
 
 // gossipLogs collects a test's logs, printed if the test fails. memberlist's goroutines

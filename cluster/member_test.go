@@ -14,13 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roster-dev/roster/cluster/clustertest/loopback"
-
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 )
 
 // TestMain checks that the tests leave no goroutine running. A closed member leaves

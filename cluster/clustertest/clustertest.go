@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roster-dev/roster/cluster/clustertest/loopback"
-
 	"github.com/roster-dev/roster/cluster"
+	"github.com/roster-dev/roster/cluster/clustertest/loopback"
 )
 
 // FreeAddr returns a loopback address whose port was free a moment ago and

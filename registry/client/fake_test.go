@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/roster-dev/roster/cluster/clustertest/loopback"
-
 	"github.com/roster-dev/roster/registry"
 )
 
