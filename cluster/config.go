@@ -16,8 +16,8 @@ import (
 const (
 	DefaultClientListen        = "127.0.0.1:7401"
 	DefaultPeerListen          = "127.0.0.1:7402"
-	DefaultQuotaBytes          = 4 << 30         // etcd's own default is 2 GiB
-	DefaultCompactionRetention = 5 * time.Minute // as Kubernetes compacts its etcd
+	DefaultQuotaBytes          = 4 << 30 // etcd's own default is 2 GiB
+	DefaultCompactionRetention = time.Hour
 	DefaultStartTimeout        = 60 * time.Second
 )
 
@@ -40,11 +40,14 @@ type Config struct {
 	// only reads and deletes. Default 4 GiB.
 	QuotaBytes int64
 	// CompactionRetention is the history etcd keeps under periodic auto-compaction, default
-	// 5m: etcd compacts every CompactionRetention to the revision of CompactionRetention
-	// ago. etcd does not compact by default; Roster always does. Until a compaction, every
-	// deleted key stays in etcd's in-memory index, and every range read over its prefix
-	// (a page of a listing, its count) steps over it; watch progress notifications come
-	// every fifth of it, so a quiet event stream can resume within it.
+	// 1h: etcd compacts every CompactionRetention (at most hourly) to the revision of
+	// CompactionRetention ago. etcd does not compact by default; Roster always does. Until
+	// a compaction, every deleted key stays in etcd's in-memory index, and every range read
+	// over its prefix (a page of a listing, its count) steps over it; but each compaction
+	// reads the whole database in batches that hold up writes meanwhile, so a short
+	// retention costs a loaded cluster (docs/performance.md, "Deleted keys in etcd's
+	// index"). Watch progress notifications come every fifth of it (at most every 10
+	// minutes), so a quiet event stream can resume within it.
 	CompactionRetention time.Duration
 	// StartTimeout bounds how long Start waits for the member to become ready, default 60s.
 	StartTimeout time.Duration

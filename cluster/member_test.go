@@ -382,11 +382,15 @@ func TestEmbedConfig(t *testing.T) {
 	if ec.QuotaBackendBytes != 4<<30 {
 		t.Errorf("QuotaBackendBytes = %d, want 4 GiB", ec.QuotaBackendBytes)
 	}
-	if ec.AutoCompactionMode != "periodic" || ec.AutoCompactionRetention != "5m0s" {
-		t.Errorf("auto-compaction = %q %q, want periodic 5m0s", ec.AutoCompactionMode, ec.AutoCompactionRetention)
+	if ec.AutoCompactionMode != "periodic" || ec.AutoCompactionRetention != "1h0m0s" {
+		t.Errorf("auto-compaction = %q %q, want periodic 1h0m0s", ec.AutoCompactionMode, ec.AutoCompactionRetention)
 	}
-	if ec.WatchProgressNotifyInterval != time.Minute {
-		t.Errorf("WatchProgressNotifyInterval = %s, want 1m (a fifth of the retention)", ec.WatchProgressNotifyInterval)
+	if ec.WatchProgressNotifyInterval != 10*time.Minute {
+		t.Errorf("WatchProgressNotifyInterval = %s, want 10m (a fifth of the retention, at most etcd's default)", ec.WatchProgressNotifyInterval)
+	}
+	cfg.CompactionRetention = 5 * time.Minute
+	if got := embedConfig(cfg, zap.NewNop()).WatchProgressNotifyInterval; got != time.Minute {
+		t.Errorf("with a retention of 5m, WatchProgressNotifyInterval = %s, want 1m (a fifth)", got)
 	}
 	if ec.MaxTxnOps != MaxTxnOps {
 		t.Errorf("MaxTxnOps = %d, want %d (registry.Config.MaxTxnOps is given the constant)", ec.MaxTxnOps, MaxTxnOps)

@@ -212,7 +212,7 @@ func clusterResources(b *testing.B, c *e2e.Cluster) string {
 		b.Fatal(err)
 	}
 	return fmt.Sprintf("With the list run's sessions open: node RSS %s (target ≤ 1 GiB each); etcd database %.0f MiB as the run left it "+
-		"(etcd compacts every 5 minutes, keeping 5 minutes of history; its file does not shrink by itself), "+
+		"(etcd compacts hourly, keeping an hour of history, so a run of under an hour is not compacted; its file does not shrink by itself), "+
 		"%.0f MiB once compacted to the latest revision and defragmented, an operator's call (target ≤ 300 MiB).",
 		strings.Join(parts, ", "), before, after)
 }
