@@ -92,17 +92,18 @@ func candidates() (low, high int) {
 // MustAddr is Addr for tests: it fails tb if no port is free.
 func MustAddr(tb testing.TB) string {
 	tb.Helper()
-	a, err := Addr()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return a
+	return must(tb, false)
 }
 
 // MustGossipAddr is GossipAddr for tests: it fails tb if no port is free.
 func MustGossipAddr(tb testing.TB) string {
 	tb.Helper()
-	a, err := GossipAddr()
+	return must(tb, true)
+}
+
+func must(tb testing.TB, udp bool) string {
+	tb.Helper()
+	a, err := pick(udp)
 	if err != nil {
 		tb.Fatal(err)
 	}
