@@ -6,7 +6,8 @@
 # (FIGURES_QUICK=1 checks the runner in minutes; its figures mean nothing;
 # FIGURES_FROM=NAME resumes at the run of that name, e.g. "expiry, 10000",
 # after one failed, and writes only the runs from there on; FIGURES_ONLY="open|kill-latency"
-# runs and writes only the runs whose names start so). Run it on a quiet
+# runs and writes only the runs whose names start so; each workload runs on
+# a fresh cluster, FIGURES_SHARED=1 runs them all on one). Run it on a quiet
 # machine: every figure is a ratio to raw etcd in the same run, but the
 # absolute numbers follow whatever else the cores do.
 set -euo pipefail

@@ -398,6 +398,8 @@ type bench struct {
 	runID string
 	users atomic.Int64 // users handed out so far; see newUser
 	hc    *http.Client
+	// setupRetries counts the set-up calls tried again (openSetup, rawSetup).
+	setupRetries atomic.Int64
 }
 
 // cleanupGrace bounds the clean-up of an interrupted run.
@@ -540,6 +542,9 @@ func (b *bench) members(ctx context.Context) ([]cluster.MemberStatus, error) {
 }
 
 func (b *bench) close() {
+	if n := b.setupRetries.Load(); n > 0 {
+		fmt.Fprintf(b.stderr, "roster: bench: set-up: %s calls tried again after the cluster did not answer in time or was unavailable\n", groupDigits(n))
+	}
 	if b.raw != nil {
 		b.raw.close()
 	}

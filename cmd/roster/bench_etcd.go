@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -99,6 +100,39 @@ func callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, etcdCallTimeout)
 }
 
+// rawTransient reports whether err, from a raw etcd call, may pass if the
+// call is tried again: etcd unavailable (a request timed out, the leader
+// changed or is lost), overloaded, the call's own time limit, or no answer.
+// A refused compare or a bad request is not.
+func rawTransient(err error) bool {
+	switch etcdErrorCode(err) {
+	case "etcd_unavailable", "etcd_resource_exhausted", "etcd_deadline_exceeded", codeTimeout, codeTransport:
+		return true
+	}
+	return false
+}
+
+// rawSetup runs fn, one raw etcd call of a baseline's set-up, and tries it
+// again after a transient error, setupAttempts times in all, after 1, 2, 4,
+// 8 s: as openSetup does for Roster's side, so that a stall of etcd on a
+// loaded machine costs the set-up time, not the whole run. fn must be safe
+// to repeat: plain puts are; a grant whose answer was lost leaves a lease
+// that runs out after its TTL. tried counts the calls tried again.
+func rawSetup(ctx context.Context, tried *atomic.Int64, fn func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || attempt == setupAttempts || !rawTransient(err) || ctx.Err() != nil {
+			return err
+		}
+		tried.Add(1)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second << (attempt - 1)):
+		}
+	}
+}
+
 // open does what a Roster open does to etcd, minus Roster's reads: grant a
 // lease, then one Txn that checks the user holds nothing in the module
 // (the single-login compare on the user's prefix) and puts a
@@ -184,10 +218,12 @@ func (r *rawEtcd) putRecords(ctx context.Context, b *bench, n int) (clientv3.Lea
 		for i := t * perTxn; i < min(n, (t+1)*perTxn); i++ {
 			ops = append(ops, clientv3.OpPut(r.listKey(i), r.record, clientv3.WithLease(lease)))
 		}
-		ctx, cancel := callCtx(ctx)
-		defer cancel()
-		_, err := r.cli(t).Txn(ctx).Then(ops...).Commit()
-		return err
+		return rawSetup(ctx, &b.setupRetries, func() error {
+			ctx, cancel := callCtx(ctx)
+			defer cancel()
+			_, err := r.cli(t).Txn(ctx).Then(ops...).Commit()
+			return err
+		})
 	})
 	return lease, err
 }

@@ -53,7 +53,8 @@ func (b *bench) openSession(ctx context.Context, c *client.Client, req registry.
 	return apiSession{id: s.ID, token: s.Token, user: req.User}, nil
 }
 
-// setupAttempts bounds the tries of one set-up open (see openSetup).
+// setupAttempts bounds the tries of one set-up call (see openSetup and
+// rawSetup).
 const setupAttempts = 5
 
 // openSetup opens one session of a workload's set-up through c. An open
@@ -72,6 +73,7 @@ func (b *bench) openSetup(ctx context.Context, c *client.Client, req registry.Op
 		case err == nil || attempt == setupAttempts:
 			return s, err
 		case errors.Is(err, client.ErrUnavailable):
+			b.setupRetries.Add(1)
 			select {
 			case <-ctx.Done():
 				return s, err
@@ -164,13 +166,15 @@ func isGone(err error) bool {
 func (b *bench) grantMany(ctx context.Context, n int, key func(i int) string) ([]clientv3.LeaseID, error) {
 	out := make([]clientv3.LeaseID, n)
 	err := b.parallel(ctx, "raw etcd: granting "+groupDigits(int64(n))+" leases", n, setupWorkers, func(ctx context.Context, i int) error {
-		var err error
-		if key != nil {
-			out[i], err = b.raw.grantKey(ctx, i, key(i))
-		} else {
-			out[i], err = b.raw.grant(ctx, i)
-		}
-		return err
+		return rawSetup(ctx, &b.setupRetries, func() error {
+			var err error
+			if key != nil {
+				out[i], err = b.raw.grantKey(ctx, i, key(i))
+			} else {
+				out[i], err = b.raw.grant(ctx, i)
+			}
+			return err
+		})
 	})
 	if err != nil {
 		b.revokeLeases(ctx, out)
@@ -750,9 +754,11 @@ func (b *bench) runExpiry(ctx context.Context) ([]benchResult, error) {
 			return err
 		}
 		err = b.keptWhileMade(ctx, "raw etcd: granting "+groupDigits(int64(n))+" leases", n, b.f.ttl, func(ctx context.Context, i int) error {
-			var err error
-			leases[i], err = b.raw.grantKey(ctx, i, key(i))
-			return err
+			return rawSetup(ctx, &b.setupRetries, func() error {
+				var err error
+				leases[i], err = b.raw.grantKey(ctx, i, key(i))
+				return err
+			})
 		}, renew, "raw etcd: renewing each lease once", func(ctx context.Context, i int) error {
 			err := renew(ctx, i)
 			last[i] = time.Now()
@@ -1139,7 +1145,12 @@ func (b *bench) runMixed(ctx context.Context) ([]benchResult, error) {
 		var pre []clientv3.LeaseID
 		var mu sync.Mutex
 		err := b.parallel(ctx, "raw etcd: opening "+groupDigits(int64(b.f.sessions))+" sessions", b.f.sessions, setupWorkers, func(ctx context.Context, i int) error {
-			id, err := b.raw.open(ctx, i, b.newUser(), b.f.module)
+			var id clientv3.LeaseID
+			err := rawSetup(ctx, &b.setupRetries, func() error { // a new user each try: the lost try may hold the last
+				var err error
+				id, err = b.raw.open(ctx, i, b.newUser(), b.f.module)
+				return err
+			})
 			if err == nil {
 				mu.Lock()
 				pre = append(pre, id)
