@@ -112,25 +112,12 @@ func rawTransient(err error) bool {
 	return false
 }
 
-// rawSetup runs fn, one raw etcd call of a baseline's set-up, and tries it
-// again after a transient error, setupAttempts times in all, after 1, 2, 4,
-// 8 s: as openSetup does for Roster's side, so that a stall of etcd on a
-// loaded machine costs the set-up time, not the whole run. fn must be safe
-// to repeat: plain puts are; a grant whose answer was lost leaves a lease
-// that runs out after its TTL. tried counts the calls tried again.
+// rawSetup runs fn, one raw etcd call of a baseline's set-up, trying it
+// again after a transient error (trySetup), as openSetup does for Roster's
+// side. fn must be safe to repeat: plain puts are; a grant whose answer
+// was lost leaves a lease that runs out after its TTL.
 func rawSetup(ctx context.Context, tried *atomic.Int64, fn func() error) error {
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil || attempt == setupAttempts || !rawTransient(err) || ctx.Err() != nil {
-			return err
-		}
-		tried.Add(1)
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(time.Second << (attempt - 1)):
-		}
-	}
+	return trySetup(ctx, tried, rawTransient, func(int) error { return fn() })
 }
 
 // open does what a Roster open does to etcd, minus Roster's reads: grant a

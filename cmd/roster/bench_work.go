@@ -53,40 +53,50 @@ func (b *bench) openSession(ctx context.Context, c *client.Client, req registry.
 	return apiSession{id: s.ID, token: s.Token, user: req.User}, nil
 }
 
-// setupAttempts bounds the tries of one set-up call (see openSetup and
-// rawSetup).
+// setupAttempts bounds the tries of one set-up call (see trySetup).
 const setupAttempts = 5
 
-// openSetup opens one session of a workload's set-up through c. An open
-// that fails as unavailable (a node or etcd too slow to answer in time,
-// as on a loaded machine opening 100,000 sessions, or a failover) is tried
-// again, setupAttempts times in all, after 1, 2, 4, 8 s (etcd stalls for
-// over ten seconds on such a machine now and then). The failed
-// attempt may have made the session after all: a later attempt that meets
-// already_logged_in logs out the user's sessions in the module (the run's
-// users are its own) and opens again, so that no session of the run is
-// left unknown.
-func (b *bench) openSetup(ctx context.Context, c *client.Client, req registry.OpenRequest) (apiSession, error) {
+// trySetup runs fn, one call of a workload's set-up, and tries it again
+// after an error that again says may pass, setupAttempts times in all,
+// after 1, 2, 4, 8 s (etcd stalls for over ten seconds on a loaded machine
+// now and then), so that such a stall costs the set-up time, not the whole
+// run. fn gets the number of its try; tried counts the calls tried again.
+func trySetup(ctx context.Context, tried *atomic.Int64, again func(error) bool, fn func(attempt int) error) error {
 	for attempt := 1; ; attempt++ {
-		s, err := b.openSession(ctx, c, req)
-		switch {
-		case err == nil || attempt == setupAttempts:
-			return s, err
-		case errors.Is(err, client.ErrUnavailable):
-			b.setupRetries.Add(1)
-			select {
-			case <-ctx.Done():
-				return s, err
-			case <-time.After(time.Second << (attempt - 1)):
-			}
-		case attempt > 1 && errors.Is(err, client.ErrAlreadyLoggedIn):
-			if err := b.closeUserSessions(ctx, c, req); err != nil {
-				return apiSession{}, err
-			}
-		default:
-			return s, err
+		err := fn(attempt)
+		if err == nil || attempt == setupAttempts || !again(err) || ctx.Err() != nil {
+			return err
+		}
+		tried.Add(1)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second << (attempt - 1)):
 		}
 	}
+}
+
+// openSetup opens one session of a workload's set-up through c, trying
+// again (trySetup) an open that fails as unavailable (a node or etcd too
+// slow to answer in time, as on a loaded machine opening 100,000 sessions,
+// or a failover). The failed try may have made the session after all: a
+// later try that meets already_logged_in logs out the user's sessions in
+// the module (the run's users are its own) and opens again, so that no
+// session of the run is left unknown.
+func (b *bench) openSetup(ctx context.Context, c *client.Client, req registry.OpenRequest) (apiSession, error) {
+	var s apiSession
+	err := trySetup(ctx, &b.setupRetries, func(err error) bool { return errors.Is(err, client.ErrUnavailable) }, func(attempt int) error {
+		var err error
+		s, err = b.openSession(ctx, c, req)
+		if attempt > 1 && errors.Is(err, client.ErrAlreadyLoggedIn) {
+			if err := b.closeUserSessions(ctx, c, req); err != nil {
+				return err
+			}
+			s, err = b.openSession(ctx, c, req)
+		}
+		return err
+	})
+	return s, err
 }
 
 // closeUserSessions logs out the sessions of req's user in req's module.
