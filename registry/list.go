@@ -535,19 +535,79 @@ func (r *Registry) stream(ctx context.Context, from, end string, rev *int64, yie
 	return true
 }
 
+// The compact form of an index value: attrsMark, then the eight fields of
+// indexAttrs in their order, separated by attrsSep. Names, kinds and token
+// ids hold no control characters, so neither byte occurs in a field; JSON
+// never begins with attrsMark. Every session has five index keys, and the
+// form saves about half of each value's 100 bytes of JSON: 25 MB of etcd's
+// database per 100,000 sessions.
+const (
+	attrsMark   = '\x01'
+	attrsSep    = '\x1f'
+	attrsFields = 8
+)
+
+// encodeIndexAttrs returns the value of a session's index keys: the compact
+// form, or JSON for a field that holds one of its two marks (validation
+// lets none through; the JSON keeps such a value readable all the same).
+func encodeIndexAttrs(a indexAttrs) string {
+	fields := [attrsFields]string{a.Tenant, a.User, a.Module, a.Pool, a.Site, a.Node, string(a.Kind), a.OpenedByToken}
+	n := len(fields)
+	for _, f := range fields {
+		if strings.ContainsAny(f, string([]byte{attrsMark, attrsSep})) {
+			b, _ := json.Marshal(a)
+			return string(b)
+		}
+		n += len(f)
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	sb.WriteByte(attrsMark)
+	for i, f := range fields {
+		if i > 0 {
+			sb.WriteByte(attrsSep)
+		}
+		sb.WriteString(f)
+	}
+	return sb.String()
+}
+
 // decodeIndexAttrs decodes the value of an index key. A listing with a
-// filter on the index values decodes every one of the range, so the flat
-// object of plain strings json.Marshal writes for indexAttrs is read
-// directly; anything else (an escape in a string, a key it does not know)
-// goes to encoding/json.
+// filter on the index values decodes every one of the range: the compact
+// form is split in place, and so is the flat object of plain strings
+// json.Marshal wrote for indexAttrs before it; anything else (an escape in
+// a string, a key it does not know) goes to encoding/json.
 func decodeIndexAttrs(b []byte) (indexAttrs, error) {
 	var a indexAttrs
+	if len(b) > 0 && b[0] == attrsMark {
+		return a, compactIndexAttrs(b[1:], &a)
+	}
 	if plainIndexAttrs(b, &a) {
 		return a, nil
 	}
 	a = indexAttrs{}
 	err := json.Unmarshal(b, &a)
 	return a, err
+}
+
+// compactIndexAttrs decodes the fields of the compact form (after its mark),
+// with one string for all of them.
+func compactIndexAttrs(b []byte, a *indexAttrs) error {
+	s := string(b)
+	var fields [attrsFields]string
+	for i := range attrsFields - 1 {
+		f, rest, ok := strings.Cut(s, string(attrsSep))
+		if !ok {
+			return fmt.Errorf("registry: index value has %d fields, want %d", i+1, attrsFields)
+		}
+		fields[i], s = f, rest
+	}
+	if strings.IndexByte(s, attrsSep) >= 0 {
+		return fmt.Errorf("registry: index value has more than %d fields", attrsFields)
+	}
+	fields[attrsFields-1] = s
+	*a = indexAttrs{fields[0], fields[1], fields[2], fields[3], fields[4], fields[5], ClientKind(fields[6]), fields[7]}
+	return nil
 }
 
 // plainIndexAttrs decodes b into a if it is an object of indexAttrs' keys

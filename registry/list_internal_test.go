@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
@@ -50,6 +51,50 @@ func TestDecodeIndexAttrs(t *testing.T) {
 				t.Fatalf("read directly %+v, encoding/json says %+v", plain, want)
 			}
 		})
+	}
+}
+
+// TestCompactIndexAttrs: what encodeIndexAttrs writes decodes to what it
+// was given, in about half the bytes of JSON; a field holding one of the
+// form's marks is written as JSON instead; a compact value with too few or
+// too many fields is an error, not a wrong session in a listing.
+func TestCompactIndexAttrs(t *testing.T) {
+	for _, a := range []indexAttrs{
+		{"default", "bench-user-000123", "bench", "default", "fra", "n1", KindUI, ""},
+		{"müller", "渡辺", "sales", "blue", "", "n2", KindAppServer, "0123456789abcdef"},
+		{Tenant: `a"b`, User: `c\d`, Module: "<m>&", Pool: "p", Node: "n", Kind: KindUI},
+		{},
+	} {
+		v := encodeIndexAttrs(a)
+		if v[0] != attrsMark {
+			t.Fatalf("encodeIndexAttrs(%+v) = %q: not the compact form", a, v)
+		}
+		j, _ := json.Marshal(a)
+		if a.Tenant == "default" && len(v) > len(j)*6/10 {
+			t.Errorf("compact %d bytes, JSON %d: want at most 60 %%", len(v), len(j))
+		}
+		got, err := decodeIndexAttrs([]byte(v))
+		if err != nil || got != a {
+			t.Fatalf("decodeIndexAttrs(%q) = %+v, %v; want %+v", v, got, err, a)
+		}
+	}
+	odd := indexAttrs{Tenant: "t", User: "a\x1fb", Module: "m\x01", Pool: "p", Node: "n", Kind: KindUI}
+	v := encodeIndexAttrs(odd)
+	if v[0] != '{' {
+		t.Fatalf("encodeIndexAttrs(%+v) = %q: want JSON for fields that hold the marks", odd, v)
+	}
+	if got, err := decodeIndexAttrs([]byte(v)); err != nil || got != odd {
+		t.Fatalf("decodeIndexAttrs(%q) = %+v, %v; want %+v", v, got, err, odd)
+	}
+	full := encodeIndexAttrs(indexAttrs{"t", "u", "m", "p", "s", "n", KindUI, "o"})
+	for name, bad := range map[string]string{
+		"seven fields": full[:strings.LastIndexByte(full, attrsSep)],
+		"nine fields":  full + string(attrsSep) + "x",
+		"mark only":    string(attrsMark),
+	} {
+		if got, err := decodeIndexAttrs([]byte(bad)); err == nil {
+			t.Errorf("%s: decodeIndexAttrs(%q) = %+v, want an error", name, bad, got)
+		}
 	}
 }
 

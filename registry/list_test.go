@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/roster-dev/roster/registry"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestPagination2500 opens 2,500 sessions and pages through them with
@@ -269,5 +271,65 @@ func TestListUncached(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestListOlderIndexValues: index values an earlier version wrote as JSON
+// (a cluster upgraded node by node holds both forms) filter a listing as
+// the compact ones do.
+func TestListOlderIndexValues(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	kinds := []registry.ClientKind{registry.KindUI, registry.KindBackground, registry.KindAppServer}
+	byID := map[string]registry.Session{}
+	for i := range 12 {
+		s := open(t, r, admin, registry.OpenRequest{User: fmt.Sprintf("old%02d", i), Module: "sales", ClientKind: kinds[i%3]})
+		byID[s.ID] = s.Session
+	}
+	resp, err := etcd.Client().Get(ctx, "/roster/v1/ix/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewritten := 0
+	for i, kv := range resp.Kvs {
+		if i%2 == 1 {
+			continue
+		}
+		s := byID[string(kv.Key[strings.LastIndexByte(string(kv.Key), '/')+1:])]
+		old := fmt.Sprintf(`{"t":%q,"u":%q,"m":%q,"p":%q,"s":%q,"n":%q,"k":%q,"o":%q}`,
+			s.Tenant, s.User, s.Module, s.Pool, s.Site, s.Node, s.ClientKind, "")
+		if _, err := etcd.Client().Put(ctx, string(kv.Key), old, clientv3.WithLease(clientv3.LeaseID(kv.Lease))); err != nil {
+			t.Fatal(err)
+		}
+		rewritten++
+	}
+	if rewritten < 30 {
+		t.Fatalf("rewrote %d index values of %d", rewritten, len(resp.Kvs))
+	}
+	for _, f := range []registry.ListFilter{
+		{ClientKind: registry.KindBackground},
+		{Module: "sales", ClientKind: registry.KindAppServer},
+		{Pool: "default", Node: "n1", Site: "fra"},
+		{User: "old04", ClientKind: registry.KindBackground},
+		{User: "old04", ClientKind: registry.KindUI},
+	} {
+		want := 0
+		for _, s := range byID {
+			if matches(s, f) {
+				want++
+			}
+		}
+		page, err := r.List(ctx, admin, f)
+		if err != nil {
+			t.Fatalf("List(%+v): %v", f, err)
+		}
+		if page.Total != want || len(page.Sessions) != want {
+			t.Fatalf("List(%+v): total %d, %d sessions; want %d", f, page.Total, len(page.Sessions), want)
+		}
+		for _, s := range page.Sessions {
+			if !matches(s, f) {
+				t.Fatalf("List(%+v) shows %+v", f, s)
+			}
+		}
 	}
 }

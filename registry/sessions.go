@@ -64,7 +64,9 @@ func ownerOf(rec *record, tomb *tombstone) owner {
 }
 
 // indexAttrs is the value of every index key: enough to filter a listing
-// without reading the session records.
+// without reading the session records. It is stored in the compact form
+// encodeIndexAttrs writes; values written as JSON (by nodes before it) are
+// read as well.
 type indexAttrs struct {
 	Tenant        string     `json:"t"`
 	User          string     `json:"u"`
@@ -216,7 +218,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		TokenHash:     hashToken(token),
 		OpenedByToken: p.TokenID,
 	}
-	attrs, _ := json.Marshal(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedByToken})
+	attrs := encodeIndexAttrs(indexAttrs{rec.Tenant, rec.User, rec.Module, rec.Pool, rec.Site, rec.Node, rec.ClientKind, rec.OpenedByToken})
 	held := userModulePrefix(rec.Tenant, rec.User, rec.Module)
 	directID := ""
 	if req.Connection != nil {
@@ -261,7 +263,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 		}
 		puts := []clientv3.Op{clientv3.OpPut(sessionKey(id), string(val), clientv3.WithLease(lease))}
 		for _, k := range indexKeys(&rec) {
-			puts = append(puts, clientv3.OpPut(k, string(attrs), clientv3.WithLease(lease)))
+			puts = append(puts, clientv3.OpPut(k, attrs, clientv3.WithLease(lease)))
 		}
 		if seat.key != "" {
 			puts = append(puts, seat.put)

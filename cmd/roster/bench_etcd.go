@@ -83,8 +83,10 @@ func sessionSizedValues() (string, string) {
 		LeaseID: 7587869213468493000, TokenHash: strings.Repeat("f", 64), OpenedByToken: strings.Repeat("e", 16),
 	}
 	data, _ := json.Marshal(rec)
-	attrs, _ := json.Marshal([]string{registry.DefaultTenant, "bench-000000-000000", "bench", "default", "site-1", "node-1", "ui", strings.Repeat("e", 16)})
-	return string(data), string(attrs)
+	// The index values in the form Roster writes them: a mark byte, then
+	// the fields with a separator byte between them.
+	attrs := "\x01" + strings.Join([]string{registry.DefaultTenant, "bench-000000-000000", "bench", "default", "site-1", "node-1", "ui", strings.Repeat("e", 16)}, "\x1f")
+	return string(data), attrs
 }
 
 func (r *rawEtcd) close() {
