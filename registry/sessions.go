@@ -29,6 +29,15 @@ type record struct {
 	createRev int64 // from etcd, not stored
 }
 
+// storedRecord is a record as etcd holds it: without expires_in_seconds,
+// which a session shows as its node works it out, never as stored (the
+// field, always 0 there, was 23 bytes of every record). Its own field
+// hides the session's, and 0 is left out.
+type storedRecord struct {
+	*record
+	ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
+}
+
 // tombstone is how a session ended, kept for TombstoneTTL; it keeps the
 // owner facts so the session's own token still authenticates to learn it,
 // and the session as it was (and the revision that created it) for the
@@ -257,7 +266,7 @@ func (r *Registry) openOnLease(ctx context.Context, p Principal, req OpenRequest
 			return OpenedSession{}, err
 		}
 		rec.Seat = seat.key
-		val, err := json.Marshal(rec)
+		val, err := json.Marshal(storedRecord{record: &rec})
 		if err != nil {
 			return OpenedSession{}, fmt.Errorf("registry: encode session: %w", err)
 		}

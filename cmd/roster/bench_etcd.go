@@ -74,6 +74,8 @@ func sessionSizedValues() (string, string) {
 		LeaseID       int64  `json:"lease_id"`
 		TokenHash     string `json:"token_hash"`
 		OpenedByToken string `json:"opened_by_token"`
+		// hides the session's, as Roster's stored record does
+		ExpiresInSeconds int64 `json:"expires_in_seconds,omitempty"`
 	}{
 		Session: registry.Session{
 			ID: strings.Repeat("0", 32), Tenant: registry.DefaultTenant, User: "bench-000000-000000", Module: "bench",
