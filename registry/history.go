@@ -27,6 +27,15 @@ const (
 	// historyQueue is how many watch responses wait for the history duty
 	// before the watch waits for it.
 	historyQueue = 4096
+	// In a burst of ends (a storm of dead clients, a pool's deadline) the
+	// history waits until the tombstones stop coming for historyQuiet, at
+	// most historyHoldOff or historyBurstMax records, and then writes them
+	// all: the burst's ends get etcd's time first. A burst is a watch
+	// response of historyBurst tombstones or more.
+	historyBurst    = 50
+	historyQuiet    = 250 * time.Millisecond
+	historyHoldOff  = 10 * time.Second
+	historyBurstMax = 20_000
 )
 
 // HistoryRecord is an ended session as the history keeps it: the session as
@@ -348,23 +357,14 @@ func (r *Registry) recordWatched(ctx context.Context, q <-chan clientv3.WatchRes
 			}
 			continue
 		}
-		evs := resp.Events
-		var notice *clientv3.WatchResponse // a response without events, taken while gathering
-	gather:
-		for len(evs) < historyBatch {
-			select {
-			case more, ok := <-q:
-				if !ok {
-					break gather // the range ends next
-				}
-				if more.CompactRevision != 0 || more.Err() != nil || more.IsProgressNotify() {
-					notice = &more
-					break gather
-				}
-				evs = append(evs, more.Events...)
-			default:
-				break gather
-			}
+		first := len(resp.Events)
+		began := time.Now()
+		evs, notice, err := gatherTombstones(ctx, q, resp.Events)
+		if err != nil {
+			return err
+		}
+		if first >= historyBurst {
+			r.log.Debug("history: recording a burst of ends after it", "ends", len(evs), "waited", time.Since(began).Round(time.Millisecond))
 		}
 		if err := r.recordEvents(ctx, st, evs); err != nil {
 			return err
@@ -379,6 +379,54 @@ func (r *Registry) recordWatched(ctx context.Context, q <-chan clientv3.WatchRes
 		return ctx.Err()
 	}
 	return fmt.Errorf("%w: the tombstone watch closed", ErrUnavailable)
+}
+
+// gatherTombstones adds to evs, the events of one watch response, those of
+// the responses queued behind it, up to historyBatch, and returns them with
+// the first response without events it took (a notice), if any. After a
+// response of historyBurst events or more it waits for the burst to end
+// (see historyQuiet) and takes up to historyBurstMax.
+func gatherTombstones(ctx context.Context, q <-chan clientv3.WatchResponse, evs []*clientv3.Event) ([]*clientv3.Event, *clientv3.WatchResponse, error) {
+	limit := historyBatch
+	var quiet, holdOff *time.Timer
+	if len(evs) >= historyBurst {
+		limit = historyBurstMax
+		quiet, holdOff = time.NewTimer(historyQuiet), time.NewTimer(historyHoldOff)
+		defer quiet.Stop()
+		defer holdOff.Stop()
+	}
+	for len(evs) < limit {
+		var more clientv3.WatchResponse
+		var ok bool
+		if quiet == nil {
+			select {
+			case more, ok = <-q:
+			default:
+				return evs, nil, nil
+			}
+		} else {
+			select {
+			case more, ok = <-q:
+			case <-quiet.C:
+				return evs, nil, nil
+			case <-holdOff.C:
+				return evs, nil, nil
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			}
+		}
+		if !ok {
+			return evs, nil, nil // the range ends next
+		}
+		if more.CompactRevision != 0 || more.Err() != nil || more.IsProgressNotify() {
+			return evs, &more, nil
+		}
+		evs = append(evs, more.Events...)
+		if quiet != nil && len(more.Events) > 0 {
+			quiet.Reset(historyQuiet)
+		}
+	}
+	return evs, nil, nil
 }
 
 // watchNotice handles a watch response that carries no events: a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -534,6 +535,31 @@ func TestLivenessStormTransactions(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHistoryOfAStorm: the view ends 300 lapsed sessions in a few large
+// transactions, so the history duty gets their tombstones in bursts of about
+// a hundred; it records them once the burst is over, every session once, as
+// expired.
+func TestHistoryOfAStorm(t *testing.T) {
+	const n = 300
+	var logs logBuffer
+	nodes, g := livenessNodesWith(t, []string{"a", "b"}, func(c *registry.Config) {
+		c.MaxTxnOps = cluster.MaxTxnOps
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}, "mute")
+	runLiveness(t, nodes[0])
+	startHistory(t, nodes[1].reg)
+	e := newEnder(t)
+	for i := range n {
+		s := openLong(t, nodes[i%2].reg, registry.OpenRequest{User: e.user(), Module: "storm", TTLSeconds: 1})
+		e.expect(s.ID, registry.EndExpired)
+	}
+	g.set("mute", "", true) // all lapse together a TTL from now
+	e.check(nodes[0].reg)
+	if !strings.Contains(logs.String(), "recording a burst of ends after it") {
+		t.Fatal("the history never got a burst of tombstones: the test did not test it")
 	}
 }
 
