@@ -551,25 +551,12 @@ const (
 // form, or JSON for a field that holds one of its two marks (validation
 // lets none through; the JSON keeps such a value readable all the same).
 func encodeIndexAttrs(a indexAttrs) string {
-	fields := [attrsFields]string{a.Tenant, a.User, a.Module, a.Pool, a.Site, a.Node, string(a.Kind), a.OpenedByToken}
-	n := len(fields)
-	for _, f := range fields {
-		if strings.ContainsAny(f, string([]byte{attrsMark, attrsSep})) {
-			b, _ := json.Marshal(a)
-			return string(b)
-		}
-		n += len(f)
+	v := string(attrsMark) + strings.Join([]string{a.Tenant, a.User, a.Module, a.Pool, a.Site, a.Node, string(a.Kind), a.OpenedByToken}, string(attrsSep))
+	if strings.Count(v, string(attrsSep)) != attrsFields-1 || strings.IndexByte(v[1:], attrsMark) >= 0 {
+		b, _ := json.Marshal(a)
+		return string(b)
 	}
-	var sb strings.Builder
-	sb.Grow(n)
-	sb.WriteByte(attrsMark)
-	for i, f := range fields {
-		if i > 0 {
-			sb.WriteByte(attrsSep)
-		}
-		sb.WriteString(f)
-	}
-	return sb.String()
+	return v
 }
 
 // decodeIndexAttrs decodes the value of an index key. A listing with a
