@@ -14,7 +14,9 @@ import (
 // newLogging builds the node's loggers writing JSON lines to w at the given level
 // ("debug","info","warn","error"; anything else is an error naming the flag --log-level).
 // etcdLog is for etcd: at level info (and warn/error) etcd's own logs are raised to warn so
-// a healthy node is quiet; at debug etcd logs at info. log is the slog logger for Roster.
+// a healthy node is quiet; at debug etcd logs at info. An etcd warning or error repeated
+// more than repeatFirst times in repeatWindow is counted instead of written (see
+// repeatLimit). log is the slog logger for Roster.
 //
 // Both loggers write through one zap core, so the lines share one format and one
 // serialised writer; etcd's lines carry "logger":"etcd".
@@ -39,7 +41,7 @@ func newLogging(level string, w io.Writer) (log *slog.Logger, etcdLog *zap.Logge
 	if err != nil {
 		return nil, nil, fmt.Errorf("etcd log level: %w", err)
 	}
-	etcdLog = zap.New(etcdCore, zap.AddCaller(), zap.ErrorOutput(sink)).Named("etcd")
+	etcdLog = zap.New(newRepeatLimit(etcdCore, repeatWindow, repeatFirst), zap.AddCaller(), zap.ErrorOutput(sink)).Named("etcd")
 	return slog.New(&zapHandler{core: core}), etcdLog, nil
 }
 

@@ -6,9 +6,13 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"testing/slogtest"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // logLines parses buf as JSON lines.
@@ -200,4 +204,120 @@ func TestSlogHandlerConformance(t *testing.T) {
 		return out
 	}
 	slogtest.Run(t, newHandler, result)
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// lines parses what was written so far as JSON lines.
+func (b *lockedBuffer) lines(t *testing.T) []map[string]any {
+	b.mu.Lock()
+	cp := bytes.NewBuffer(bytes.Clone(b.buf.Bytes()))
+	b.mu.Unlock()
+	return logLines(t, cp)
+}
+
+func TestRepeatLimit(t *testing.T) {
+	var out lockedBuffer
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(encoderConfig()), zapcore.Lock(zapcore.AddSync(&out)), zapcore.DebugLevel)
+	lg := zap.New(newRepeatLimit(core, 300*time.Millisecond, 3)).Named("etcd")
+	for i := range 12 {
+		if i == 10 {
+			lg.Error("slow", zap.Int("i", i)) // left out too, and the count says error
+			continue
+		}
+		lg.Warn("slow", zap.Int("i", i))
+	}
+	lg.Warn("other")
+	lg.With(zap.String("member", "n1")).Warn("other") // a derived logger shares the count
+	for range 10 {
+		lg.Info("chatty") // below warn: never limited
+	}
+	count := func(lines []map[string]any, msg string) int {
+		n := 0
+		for _, l := range lines {
+			if l["msg"] == msg {
+				n++
+			}
+		}
+		return n
+	}
+	var summary map[string]any
+	deadline := time.Now().Add(10 * time.Second)
+	for summary == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		for _, l := range out.lines(t) {
+			if l["msg"] == leftOutMsg {
+				summary = l
+			}
+		}
+	}
+	if summary == nil {
+		t.Fatalf("no %q line after the window; the log:\n%s", leftOutMsg, out.buf.String())
+	}
+	lines := out.lines(t)
+	if got := count(lines, "slow"); got != 3 {
+		t.Errorf("%d lines of the repeated warning written, want the first 3", got)
+	}
+	for i, l := range lines[:3] {
+		if l["msg"] != "slow" || l["i"] != float64(i) {
+			t.Errorf("line %d = %v, want the warning number %d", i, l, i)
+		}
+	}
+	if got := count(lines, "other"); got != 2 {
+		t.Errorf("%d lines of another message, want both: each message has its own count", got)
+	}
+	if got := count(lines, "chatty"); got != 10 {
+		t.Errorf("%d info lines, want all 10", got)
+	}
+	if summary["repeated_msg"] != "slow" || summary["left_out"] != float64(9) || summary["written"] != float64(3) ||
+		summary["level"] != "error" || summary["logger"] != "etcd" || summary["within"] == nil {
+		t.Errorf("count line = %v, want repeated_msg slow, left_out 9, written 3, level error (the worst left out), logger etcd, within", summary)
+	}
+	if got := count(lines, leftOutMsg); got != 1 {
+		t.Errorf("%d count lines, want 1 (nothing of \"other\" was left out)", got)
+	}
+
+	// After the count a new window starts: the message is written again.
+	lg.Warn("slow", zap.Int("i", 99))
+	lines = out.lines(t)
+	if last := lines[len(lines)-1]; last["msg"] != "slow" || last["i"] != float64(99) {
+		t.Errorf("the first repeat after the count = %v, want it written", last)
+	}
+}
+
+// TestNewLoggingLimitsEtcdRepeats checks that the node's etcd logger limits repeats
+// and its own logger does not.
+func TestNewLoggingLimitsEtcdRepeats(t *testing.T) {
+	var buf lockedBuffer
+	log, etcdLog, err := newLogging("info", &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 * repeatFirst {
+		etcdLog.Warn("apply request took too long")
+		log.Warn("request failed")
+	}
+	lines := buf.lines(t)
+	etcdN, ownN := 0, 0
+	for _, l := range lines {
+		switch l["msg"] {
+		case "apply request took too long":
+			etcdN++
+		case "request failed":
+			ownN++
+		}
+	}
+	if etcdN != repeatFirst || ownN != 2*repeatFirst {
+		t.Errorf("etcd's repeated warning written %d times, Roster's %d; want %d and %d", etcdN, ownN, repeatFirst, 2*repeatFirst)
+	}
 }
