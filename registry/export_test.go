@@ -136,3 +136,35 @@ func (r *Registry) SetLeaseDeadline(lease int64, at time.Time) {
 	}
 	r.deadlines.at[lease] = at
 }
+
+// ShutdownRevision is the mod revision of shutdown request id as this node reads it
+// now, 0 when there is none (for tests).
+func (r *Registry) ShutdownRevision(ctx context.Context, id string) int64 {
+	all, err := r.readShutdowns(ctx)
+	if err != nil {
+		return 0
+	}
+	for _, s := range all {
+		if s.ID == id {
+			return s.modRev
+		}
+	}
+	return 0
+}
+
+// TerminateAsOf terminates the sessions in scope of shutdown request id at once, as
+// its deadline does, each end conditional on the request's mod revision being modRev
+// (for tests). It returns how many it ended and found open.
+func (r *Registry) TerminateAsOf(ctx context.Context, id string, modRev int64) (int, int, error) {
+	all, err := r.readShutdowns(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, s := range all {
+		if s.ID == id {
+			s.modRev = modRev
+			return r.terminateInScope(ctx, &s)
+		}
+	}
+	return 0, 0, ErrShutdownNotFound
+}

@@ -9,6 +9,7 @@ import (
 	mrand "math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -229,22 +230,45 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, sem chan struct{})
 		val, _ := json.Marshal(tombstoneOf(l.rec, r.lapsedEnd(l.rec, l.silent)))
 		items = append(items, lapseItem{rec: l.rec, ops: endOps(l.rec), tomb: string(val)})
 	}
+	return r.endItems(ctx, items, sem, nil)
+}
+
+// endCond makes a batch end conditional on a key's mod revision (a shutdown request
+// unchanged since it was read).
+type endCond struct {
+	key    string
+	modRev int64
+}
+
+// endItems ends items as endLapsed does, many per transaction, sem bounding the
+// transactions in flight. With cond, every transaction also requires cond's key
+// unchanged; once it has changed, endItems ends no more and returns errCondition with
+// the count of those it ended before. It returns how many it ended.
+func (r *Registry) endItems(ctx context.Context, items []lapseItem, sem chan struct{}, cond *endCond) (int, error) {
 	var mu sync.Mutex
 	ended := 0
 	var errs []error
+	var condFailed atomic.Bool
+	limit := r.endTxnOps()
+	if cond != nil {
+		limit-- // the condition's compare
+	}
 	var wg sync.WaitGroup
-	for _, b := range lapseBatches(items, r.endTxnOps()) {
+	for _, b := range lapseBatches(items, limit) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			done, err := r.endBatch(ctx, b)
+			if cond != nil && condFailed.Load() {
+				return
+			}
+			done, err := r.endBatch(ctx, b, cond)
 			if errors.Is(err, rpctypes.ErrTooManyOps) {
 				// A member with a lower --max-txn-ops than Config.MaxTxnOps said:
 				// from now on the batches keep within etcd's default.
 				r.endOpsLimit.Store(maxTxnOps)
 				done, err = nil, nil
-				for _, small := range lapseBatches(b, maxTxnOps) {
-					d, e := r.endBatch(ctx, small)
+				for _, small := range lapseBatches(b, maxTxnOps-1) {
+					d, e := r.endBatch(ctx, small, cond)
 					done, err = append(done, d...), errors.Join(err, e)
 				}
 			}
@@ -254,12 +278,18 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, sem chan struct{})
 			mu.Lock()
 			defer mu.Unlock()
 			ended += len(done)
-			if err != nil {
+			switch {
+			case errors.Is(err, errCondition):
+				condFailed.Store(true)
+			case err != nil:
 				errs = append(errs, err)
 			}
 		})
 	}
 	wg.Wait()
+	if condFailed.Load() {
+		return ended, errors.Join(append(errs, errCondition)...)
+	}
 	return ended, errors.Join(errs...)
 }
 
@@ -297,7 +327,10 @@ func (r *Registry) endTxnOps() int {
 // endBatch ends items in one transaction. When a session's record changed or went
 // meanwhile (another node ended it) it tries again without it, so every try but the
 // last makes progress. It returns the items it ended.
-func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem, error) {
+//
+// With cond the transaction also compares cond's key; when that compare is what
+// failed, it returns errCondition and ends nothing more.
+func (r *Registry) endBatch(ctx context.Context, items []lapseItem, cond *endCond) ([]lapseItem, error) {
 	fresh := false
 	for len(items) > 0 {
 		cctx, cancel := r.opCtx(ctx)
@@ -314,6 +347,10 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 			ops = append(ops, clientv3.OpPut(tombstoneKey(it.rec.ID), it.tomb, clientv3.WithLease(tl)))
 			elses = append(elses, clientv3.OpGet(sessionKey(it.rec.ID), clientv3.WithKeysOnly()))
 		}
+		if cond != nil {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(cond.key), "=", cond.modRev))
+			elses = append(elses, clientv3.OpGet(cond.key, clientv3.WithKeysOnly()))
+		}
 		resp, err := r.cli.Txn(cctx).If(cmps...).Then(ops...).Else(elses...).Commit()
 		cancel()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !fresh {
@@ -325,6 +362,11 @@ func (r *Registry) endBatch(ctx context.Context, items []lapseItem) ([]lapseItem
 		}
 		if resp.Succeeded {
 			return items, nil
+		}
+		if cond != nil {
+			if kvs := resp.Responses[len(items)].GetResponseRange().Kvs; len(kvs) != 1 || kvs[0].ModRevision != cond.modRev {
+				return nil, errCondition
+			}
 		}
 		var still []lapseItem
 		for i, it := range items {

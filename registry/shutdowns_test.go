@@ -262,3 +262,56 @@ func TestShutdownRetention(t *testing.T) {
 		t.Fatalf("the pending request: %+v, %v", s, err)
 	}
 }
+
+// TestShutdownTerminatesInBatches: the deadline ends many sessions in a few
+// transactions, each conditional on the request: with the request changed since it
+// was read nothing ends; as read, every session in scope ends as shutdown, and no
+// other.
+func TestShutdownTerminatesInBatches(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	const n = 60 // several transactions of etcd's default 128 operations
+	var ids []string
+	for i := range n {
+		ids = append(ids, open(t, r, admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales", Pool: "blue", TTLSeconds: 60}).ID)
+	}
+	green := open(t, r, admin, registry.OpenRequest{User: "g", Module: "sales", Pool: "green", TTLSeconds: 60})
+	req, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(300)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := r.ShutdownRevision(ctx, req.ID)
+	if rev == 0 {
+		t.Fatal("the request has no revision")
+	}
+
+	// Through another node, which has not served these sessions: it reads their records.
+	r2 := secondNode(t)
+	ended, found, err := r2.TerminateAsOf(ctx, req.ID, rev-1)
+	if err != nil || ended != 0 || found != n {
+		t.Fatalf("terminate as of a changed request = %d ended of %d found, %v; want 0 of %d", ended, found, err, n)
+	}
+	for _, id := range ids {
+		if _, err := r.Get(ctx, admin, id); err != nil {
+			t.Fatalf("session %s after a terminate as of a changed request: %v", id, err)
+		}
+	}
+
+	ended, found, err = r2.TerminateAsOf(ctx, req.ID, rev)
+	if err != nil || ended != n || found != n {
+		t.Fatalf("terminate = %d ended of %d found, %v; want %d of %d", ended, found, err, n, n)
+	}
+	for _, id := range ids {
+		if reason := endedReason(t, r, id); reason != registry.EndShutdown {
+			t.Errorf("session %s ended %s, want shutdown", id, reason)
+		}
+	}
+	if _, err := r.Get(ctx, admin, green.ID); err != nil {
+		t.Fatalf("the session out of scope: %v", err)
+	}
+	// The ended sessions no longer hold their logins.
+	again := open(t, r, admin, registry.OpenRequest{User: "u0", Module: "sales", Pool: "green", TTLSeconds: 60})
+	if again.ID == ids[0] {
+		t.Fatal("a new login got the ended session's ID")
+	}
+}
