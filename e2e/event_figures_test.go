@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -326,6 +327,109 @@ func BenchmarkShutdownDeadlineLateness(b *testing.B) {
 	}
 	if len(takeovers) > 0 {
 		b.ReportMetric(medianMS(takeovers), "takeover-p50-ms")
+	}
+	b.ReportMetric(float64(missing), "missing")
+}
+
+var shutdownSessions = flag.Int("shutdown-sessions", 5000, "sessions BenchmarkShutdownManySessions opens")
+
+// BenchmarkShutdownManySessions: a fresh three-node cluster each run holds
+// -shutdown-sessions sessions (5,000 unless told; opened by roster bench open
+// --keep with a TTL of 10 minutes, so none expires); a client follows the
+// feed (GET /v1/events) through every node, and an "all" shutdown request
+// with 5 s grace is posted. The lateness of a run is the time from the
+// request's deadline (as the POST answered it) to the arrival on the feed of
+// the last shutdown event. Reported: the median and max lateness over the
+// runs (late-p50-ms, late-max-ms) and how many sessions did not end as
+// shutdown within 2 minutes of the deadline (missing, which must be 0).
+//
+//	go test -run '^$' -bench ShutdownManySessions -benchtime 3x -timeout 60m -v ./e2e/
+//	... -args -shutdown-sessions 10000
+func BenchmarkShutdownManySessions(b *testing.B) {
+	sessions := *shutdownSessions
+	const grace = int64(5)
+	var lates []time.Duration
+	missing := 0
+	for run := range b.N {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		c := memLimitedVoters(ctx, b, "")
+		nodes := c.Running()
+		env := []string{"ROSTER_ENDPOINTS=" + strings.Join(c.URLs(nodes...), ","), "ROSTER_TOKEN=" + c.Token()}
+		res, err := bin.Run(ctx, b.TempDir(), env, "bench", "open", "--total", strconv.Itoa(sessions), "--clients", "64",
+			"--module", "shut", "--keep", "--ttl", "10m", "-o", "json")
+		if err != nil || res.ExitCode != 0 {
+			b.Fatalf("roster bench open: %v, exit %d\n%s", err, res.ExitCode, res.Stderr)
+		}
+		var rep benchJSON
+		if err := json.Unmarshal([]byte(res.Stdout), &rep); err != nil || len(rep.Results) == 0 || rep.Results[0].Roster == nil {
+			b.Fatalf("roster bench open -o json: %v\n%s", err, res.Stdout)
+		}
+		opened := int(rep.Results[0].Roster.OK)
+
+		feed, err := c.Client(nodes...).Events(ctx, registry.EventFilter{Module: "shut"}, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var mu sync.Mutex
+		var last time.Time
+		ended := map[string]bool{}
+		odd := 0 // end events other than shutdown
+		fed := make(chan struct{})
+		all := make(chan struct{})
+		go func() {
+			defer close(fed)
+			for e := range feed.Events() {
+				if !e.Type.IsEnd() {
+					continue
+				}
+				mu.Lock()
+				switch {
+				case e.Type != registry.EventShutdown:
+					odd++
+				case !ended[e.Session.ID]:
+					ended[e.Session.ID], last = true, time.Now()
+					if len(ended) == opened {
+						close(all)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+
+		g := grace
+		data, err := c.Client(nodes...).Do(ctx, http.MethodPost, "/v1/shutdowns", nil,
+			registry.ShutdownRequest{Scope: registry.ScopeAll, GraceSeconds: &g, Message: "bench"})
+		if err != nil {
+			b.Fatalf("POST /v1/shutdowns: %v", err)
+		}
+		var sd registry.Shutdown
+		if err := json.Unmarshal(data, &sd); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-all:
+		case <-time.After(time.Until(sd.Deadline.Add(2 * time.Minute))):
+		case <-ctx.Done():
+		}
+		feed.Close()
+		<-fed
+		mu.Lock()
+		n, lastAt, others := len(ended), last, odd
+		mu.Unlock()
+		missing += opened - n
+		outcome := shutdownOutcome(ctx, c.Client(nodes...), sd.ID)
+		if n > 0 {
+			lates = append(lates, lastAt.Sub(sd.Deadline))
+		}
+		b.Logf("run %d: %d sessions opened, %d shutdown events, the last %s after the deadline; %d other ends; %s",
+			run+1, opened, n, lastAt.Sub(sd.Deadline).Round(time.Millisecond), others, outcome)
+		c.Close()
+		cancel()
+	}
+	b.ReportMetric(0, "ns/op")
+	if len(lates) > 0 {
+		b.ReportMetric(medianMS(lates), "late-p50-ms")
+		b.ReportMetric(percentileMS(lates, 1), "late-max-ms")
 	}
 	b.ReportMetric(float64(missing), "missing")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -121,14 +122,19 @@ func (r *Registry) takeSessionWatch(resp clientv3.WatchResponse, ended *[]deleti
 		return true, 0
 	}
 	var tombed map[string]int64 // session id → revision its tombstone was created at
+	var shutdowns []string      // the shutdown requests that ended sessions here
 	for _, ev := range resp.Events {
 		if key := string(ev.Kv.Key); ev.Type == mvccpb.PUT && strings.HasPrefix(key, tombstonesPrefix) {
 			if tombed == nil {
 				tombed = map[string]int64{}
 			}
 			tombed[key[len(tombstonesPrefix):]] = ev.Kv.ModRevision
+			if id := tombstoneShutdownID(ev.Kv.Value); id != "" && !slices.Contains(shutdowns, id) {
+				shutdowns = append(shutdowns, id)
+			}
 		}
 	}
+	r.noteShutdownEnds(shutdowns)
 	for _, ev := range resp.Events {
 		*next = ev.Kv.ModRevision + 1
 		key := string(ev.Kv.Key)

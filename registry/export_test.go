@@ -168,3 +168,25 @@ func (r *Registry) TerminateAsOf(ctx context.Context, id string, modRev int64) (
 	}
 	return 0, 0, ErrShutdownNotFound
 }
+
+// TombstoneShutdownID is tombstoneShutdownID (for tests).
+var TombstoneShutdownID = tombstoneShutdownID
+
+// NoteShutdownEndAt makes this node take an end by shutdown request id to have
+// been seen at at, as its session watch notes them (for tests).
+func (r *Registry) NoteShutdownEndAt(id string, at time.Time) {
+	r.shutMu.Lock()
+	defer r.shutMu.Unlock()
+	if r.shutEnds == nil {
+		r.shutEnds = map[string]time.Time{}
+	}
+	r.shutEnds[id] = at
+}
+
+// ShutdownEndSeen is when this node's session watch last saw a session end by
+// shutdown request id (zero if never, or the request is no longer pending).
+func (r *Registry) ShutdownEndSeen(id string) time.Time {
+	r.shutMu.RLock()
+	defer r.shutMu.RUnlock()
+	return r.shutEnds[id]
+}

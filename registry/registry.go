@@ -186,6 +186,9 @@ type Registry struct {
 	pending map[string]*Shutdown
 	// pendingChanged is closed and replaced whenever pending changes.
 	pendingChanged chan struct{}
+	// shutEnds is when this node's session watch last saw a session end by
+	// each shutdown request (see noteShutdownEnds); guarded by shutMu.
+	shutEnds map[string]time.Time
 
 	// actMu guards policies, the node's copy of the clean-up policies
 	// (watchPolicies keeps it), and lastActive, when this node last wrote

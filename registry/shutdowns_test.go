@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -271,9 +272,16 @@ func TestShutdownTerminatesInBatches(t *testing.T) {
 	r := newRegistry(t)
 	ctx := context.Background()
 	const n = 60 // several transactions of etcd's default 128 operations
+	// Half the sessions through another node: the terminating node ends the
+	// sessions in its cache while it reads the others' records.
+	r2 := secondNode(t)
 	var ids []string
 	for i := range n {
-		ids = append(ids, open(t, r, admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales", Pool: "blue", TTLSeconds: 60}).ID)
+		via := r
+		if i%2 == 1 {
+			via = r2
+		}
+		ids = append(ids, open(t, via, admin, registry.OpenRequest{User: fmt.Sprintf("u%d", i), Module: "sales", Pool: "blue", TTLSeconds: 60}).ID)
 	}
 	green := open(t, r, admin, registry.OpenRequest{User: "g", Module: "sales", Pool: "green", TTLSeconds: 60})
 	req, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(300)})
@@ -285,8 +293,6 @@ func TestShutdownTerminatesInBatches(t *testing.T) {
 		t.Fatal("the request has no revision")
 	}
 
-	// Through another node, which has not served these sessions: it reads their records.
-	r2 := secondNode(t)
 	ended, found, err := r2.TerminateAsOf(ctx, req.ID, rev-1)
 	if err != nil || ended != 0 || found != n {
 		t.Fatalf("terminate as of a changed request = %d ended of %d found, %v; want 0 of %d", ended, found, err, n)
@@ -309,9 +315,56 @@ func TestShutdownTerminatesInBatches(t *testing.T) {
 	if _, err := r.Get(ctx, admin, green.ID); err != nil {
 		t.Fatalf("the session out of scope: %v", err)
 	}
+	// The other node's session watch saw the ends, which holds its backstop off.
+	for deadline := time.Now().Add(10 * time.Second); r.ShutdownEndSeen(req.ID).IsZero(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1 saw no end by shutdown request %s in 10 s", req.ID)
+		}
+	}
 	// The ended sessions no longer hold their logins.
 	again := open(t, r, admin, registry.OpenRequest{User: "u0", Module: "sales", Pool: "green", TTLSeconds: 60})
 	if again.ID == ids[0] {
 		t.Fatal("a new login got the ended session's ID")
+	}
+}
+
+// TestBackstopHoldsOff: a node's backstop leaves a request alone while the node sees
+// its sessions end (another node is at work), at most BackstopDelay + 10 s after the
+// deadline, and then enforces it.
+func TestBackstopHoldsOff(t *testing.T) {
+	r := newRegistry(t)
+	ctx := context.Background()
+	s := open(t, r, admin, registry.OpenRequest{User: "a", Module: "sales", Pool: "blue", TTLSeconds: 60})
+	req, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An end seen "in an hour" holds the backstop for as long as it may hold.
+	r.NoteShutdownEndAt(req.ID, time.Now().Add(time.Hour))
+	time.Sleep(time.Until(req.Deadline.Add(registry.BackstopDelay + 3*time.Second)))
+	if _, err := r.Get(ctx, admin, s.ID); err != nil {
+		t.Fatalf("3 s past the backstop's turn, ends still seen: the session %v; want it left open", err)
+	}
+	if reason := endedReason(t, r, s.ID); reason != registry.EndShutdown {
+		t.Fatalf("after the longest hold: the session ended %s, want shutdown", reason)
+	}
+}
+
+func TestTombstoneShutdownID(t *testing.T) {
+	for _, c := range []struct {
+		how  registry.Ended
+		want string
+	}{
+		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, ShutdownID: "abc123"}, "abc123"},
+		{registry.Ended{ID: "s1", Reason: registry.EndKilled, Message: `x","shutdown_id":"fake`}, ""},
+		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, Message: `"shutdown_id":"fake"`, ShutdownID: "abc123"}, "abc123"},
+	} {
+		val, err := json.Marshal(c.how)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := registry.TombstoneShutdownID(val); got != c.want {
+			t.Errorf("TombstoneShutdownID(%s) = %q, want %q", val, got, c.want)
+		}
 	}
 }
