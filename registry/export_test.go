@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -171,6 +172,13 @@ func (r *Registry) TerminateAsOf(ctx context.Context, id string, modRev int64) (
 
 // TombstoneShutdownID is tombstoneShutdownID (for tests).
 var TombstoneShutdownID = tombstoneShutdownID
+
+// TombstoneValue is the stored value of the tombstone of a session with labels
+// that ended as how says (for tests).
+func TombstoneValue(how Ended, labels map[string]string) ([]byte, error) {
+	rec := &record{Session: Session{ID: how.ID, Tenant: "acme", User: "anna", Module: "fk", Labels: labels}}
+	return json.Marshal(tombstoneOf(rec, how))
+}
 
 // NoteShutdownEndAt makes this node take an end by shutdown request id to have
 // been seen at at, as its session watch notes them (for tests).

@@ -621,11 +621,17 @@ func (r *Registry) noteShutdownEnds(ids []string) {
 }
 
 // tombstoneShutdownID returns the shutdown request a tombstone's value names
-// (Ended.ShutdownID), without decoding the rest of it. A message cannot fake it:
-// quotes within a JSON string are escaped.
+// (Ended.ShutdownID), without decoding the rest of it. Only the Ended fields, which
+// come before "tenant", are searched: a message cannot fake the field (quotes within
+// a JSON string are escaped), and the session's attributes, which come later, are not
+// looked at.
 func tombstoneShutdownID(val []byte) string {
 	const field = `"shutdown_id":"`
-	i := bytes.Index(val, []byte(field))
+	end := bytes.Index(val, []byte(`,"tenant":`))
+	if end < 0 {
+		return ""
+	}
+	i := bytes.Index(val[:end], []byte(field))
 	if i < 0 {
 		return ""
 	}

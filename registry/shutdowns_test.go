@@ -2,7 +2,6 @@ package registry_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -351,15 +350,20 @@ func TestBackstopHoldsOff(t *testing.T) {
 }
 
 func TestTombstoneShutdownID(t *testing.T) {
+	fake := map[string]string{"shutdown_id": "fake", `","shutdown_id":"`: "fake"}
 	for _, c := range []struct {
-		how  registry.Ended
-		want string
+		how    registry.Ended
+		labels map[string]string
+		want   string
 	}{
-		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, ShutdownID: "abc123"}, "abc123"},
-		{registry.Ended{ID: "s1", Reason: registry.EndKilled, Message: `x","shutdown_id":"fake`}, ""},
-		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, Message: `"shutdown_id":"fake"`, ShutdownID: "abc123"}, "abc123"},
+		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, ShutdownID: "abc123"}, nil, "abc123"},
+		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, ShutdownID: "abc123"}, fake, "abc123"},
+		{registry.Ended{ID: "s1", Reason: registry.EndKilled, Message: `x","shutdown_id":"fake`}, nil, ""},
+		{registry.Ended{ID: "s1", Reason: registry.EndKilled, Message: `x",,"tenant":"`}, fake, ""},
+		{registry.Ended{ID: "s1", Reason: registry.EndClosed}, fake, ""},
+		{registry.Ended{ID: "s1", Reason: registry.EndShutdown, Message: `"shutdown_id":"fake"`, ShutdownID: "abc123"}, nil, "abc123"},
 	} {
-		val, err := json.Marshal(c.how)
+		val, err := registry.TombstoneValue(c.how, c.labels)
 		if err != nil {
 			t.Fatal(err)
 		}
