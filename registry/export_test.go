@@ -164,7 +164,7 @@ func (r *Registry) TerminateAsOf(ctx context.Context, id string, modRev int64) (
 	for _, s := range all {
 		if s.ID == id {
 			s.modRev = modRev
-			return r.terminateInScope(ctx, &s)
+			return r.terminateInScope(ctx, &s, false)
 		}
 	}
 	return 0, 0, ErrShutdownNotFound
@@ -189,6 +189,15 @@ func (r *Registry) NoteShutdownEndAt(id string, at time.Time) {
 		r.shutEnds = map[string]time.Time{}
 	}
 	r.shutEnds[id] = at
+}
+
+// ShutdownPendingHere reports whether this node's copy of the requests has id
+// pending (for tests).
+func (r *Registry) ShutdownPendingHere(id string) bool {
+	r.shutMu.RLock()
+	defer r.shutMu.RUnlock()
+	_, ok := r.pending[id]
+	return ok
 }
 
 // ShutdownEndSeen is when this node's session watch last saw a session end by

@@ -238,17 +238,18 @@ func (r *Registry) endLapsed(ctx context.Context, ls []lapse, sem chan struct{})
 type endCond struct {
 	key    string
 	modRev int64
+	failed atomic.Bool // a transaction found the key changed: every caller stops
 }
 
 // endItems ends items as endLapsed does, many per transaction, sem bounding the
 // transactions in flight. With cond, every transaction also requires cond's key
-// unchanged; once it has changed, endItems ends no more and returns errCondition with
-// the count of those it ended before. It returns how many it ended.
+// unchanged; once it has changed, endItems (and every other call with the same cond)
+// ends no more and returns errCondition with the count of those it ended before. It
+// returns how many it ended.
 func (r *Registry) endItems(ctx context.Context, items []lapseItem, sem chan struct{}, cond *endCond) (int, error) {
 	var mu sync.Mutex
 	ended := 0
 	var errs []error
-	var condFailed atomic.Bool
 	limit := r.endTxnOps()
 	if cond != nil {
 		limit-- // the condition's compare
@@ -258,7 +259,7 @@ func (r *Registry) endItems(ctx context.Context, items []lapseItem, sem chan str
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if cond != nil && condFailed.Load() {
+			if cond != nil && cond.failed.Load() {
 				return
 			}
 			done, err := r.endBatch(ctx, b, cond)
@@ -280,14 +281,14 @@ func (r *Registry) endItems(ctx context.Context, items []lapseItem, sem chan str
 			ended += len(done)
 			switch {
 			case errors.Is(err, errCondition):
-				condFailed.Store(true)
+				cond.failed.Store(true)
 			case err != nil:
 				errs = append(errs, err)
 			}
 		})
 	}
 	wg.Wait()
-	if condFailed.Load() {
+	if cond != nil && cond.failed.Load() {
 		return ended, errors.Join(append(errs, errCondition)...)
 	}
 	return ended, errors.Join(errs...)

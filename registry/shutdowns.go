@@ -437,7 +437,8 @@ func maintenance(val []byte) error {
 // once. It wakes at the next deadline, when a request changes, and every second.
 //
 // Every node also enforces a request left pending BackstopDelay after its deadline (see
-// backstopShutdowns), so a deadline holds while a new duty leader is being elected.
+// backstopShutdowns), so a deadline holds while a new duty leader is being elected;
+// while it sees the request's sessions being ended it holds off (see backstopHeld).
 func (r *Registry) EnforceShutdowns(ctx context.Context) error {
 	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), shutdownsPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	var pruned time.Time
@@ -478,11 +479,13 @@ func (r *Registry) pruneShutdowns(ctx context.Context, cutoff time.Time) {
 }
 
 // BackstopDelay is how long after a deadline every node enforces a request the duty
-// leader has not finished.
+// leader has not finished, unless it sees the request's sessions being ended (see
+// backstopHeld: then up to backstopMaxHold later).
 const BackstopDelay = time.Second
 
 // backstopShutdowns runs on every node until ctx ends: a pending request that is still
-// pending BackstopDelay after its deadline is enforced by this node. Several enforcers
+// pending BackstopDelay after its deadline (up to a quarter of it more, and later while
+// its sessions are being ended: see backstopHeld) is enforced by this node. Several enforcers
 // are harmless: a session is ended once, and each counts only what it ended.
 func (r *Registry) backstopShutdowns(ctx context.Context) {
 	for {
@@ -567,7 +570,7 @@ func (r *Registry) enforceDue(ctx context.Context, late time.Duration) (time.Tim
 			}
 			continue
 		}
-		if err := r.enforce(ctx, s); err != nil {
+		if err := r.enforce(ctx, s, late > 0); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -648,10 +651,26 @@ func tombstoneShutdownID(val []byte) string {
 // to its count, so the count is exact however many nodes enforced it. A node that
 // found sessions in scope but ended none (another node was ending them) leaves the
 // marking to that node, so the request does not show done with a count of 0 meanwhile;
-// if that node died, the next round finds the scope empty and marks it.
-func (r *Registry) enforce(ctx context.Context, s *storedShutdown) error {
-	n, found, err := r.terminateInScope(ctx, s)
+// if that node died, the next round finds the scope empty and marks it. A pass that
+// fails part-way (a read or a transaction timed out) is tried again, up to
+// enforceAttempts in all, so the sessions it did end are counted with the rest; when
+// every attempt fails, their count is lost (and logged) and the next round ends what
+// is left. backstop says this node is a backstop (fewer transactions at once).
+func (r *Registry) enforce(ctx context.Context, s *storedShutdown, backstop bool) error {
+	var n, found int
+	var err error
+	for attempt := 1; ; attempt++ {
+		var ended int
+		ended, found, err = r.terminateInScope(ctx, s, backstop)
+		n += ended
+		if err == nil || attempt == enforceAttempts || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
+		if n > 0 {
+			r.log.Warn("shutdown deadline: sessions ended but not counted in the request", "id", s.ID, "ended", n, "error", err)
+		}
 		return err
 	}
 	if n == 0 && found > 0 {
@@ -674,6 +693,9 @@ func (r *Registry) enforce(ctx context.Context, s *storedShutdown) error {
 	return err
 }
 
+// enforceAttempts bounds the passes of one enforce (see enforce).
+const enforceAttempts = 3
+
 // terminateInScope ends every open session in scope of s with reason shutdown and
 // returns how many it ended and how many it found open. It ends them as the liveness
 // view ends lapsed sessions, many per transaction and a few transactions at once (one
@@ -684,7 +706,7 @@ func (r *Registry) enforce(ctx context.Context, s *storedShutdown) error {
 // stops. The sessions' leases are not revoked: their keys are gone, a heartbeat finds
 // the session ended, and a revocation per session (an fsync on every member) would
 // hold up the ends still to come; the leases run out by themselves.
-func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown) (int, int, error) {
+func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown, backstop bool) (int, int, error) {
 	ids, rev, err := r.idsInScope(ctx, &s.Shutdown)
 	if err != nil {
 		return 0, 0, err
@@ -708,7 +730,11 @@ func (r *Registry) terminateInScope(ctx context.Context, s *storedShutdown) (int
 	// read, at the scope's revision, many per transaction (one that has ended since
 	// is left out).
 	cond := &endCond{key: shutdownKey(s.ID), modRev: s.modRev}
-	sem := make(chan struct{}, txnsInFlight(lapseTxnsInFlight, r.endTxnOps(), lapseMinTxnsInFlight))
+	inFlight := txnsInFlight(lapseTxnsInFlight, r.endTxnOps(), lapseMinTxnsInFlight)
+	if backstop {
+		inFlight = txnsInFlight(lapseBackstopTxnsInFlight, r.endTxnOps(), 1)
+	}
+	sem := make(chan struct{}, inFlight)
 	var fromCache int
 	var cacheErr error
 	var wg sync.WaitGroup

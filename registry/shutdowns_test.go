@@ -314,6 +314,25 @@ func TestShutdownTerminatesInBatches(t *testing.T) {
 	if _, err := r.Get(ctx, admin, green.ID); err != nil {
 		t.Fatalf("the session out of scope: %v", err)
 	}
+	// Many sessions a transaction (a tombstone's mod revision is its transaction's),
+	// the sessions node 2 had cached (its own) in other transactions than those whose
+	// records it read (node 1's).
+	txnOf := map[int64]int{} // revision → 1 for node 1's sessions, 2 for node 2's
+	for i, id := range ids {
+		resp, err := etcd.Client().Get(ctx, "/roster/v1/tombstones/"+id)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("the tombstone of session %s: %v, %d keys", id, err, len(resp.Kvs))
+		}
+		via := 1 + i%2
+		rev := resp.Kvs[0].ModRevision
+		if other, ok := txnOf[rev]; ok && other != via {
+			t.Fatalf("a transaction (revision %d) ended sessions of node 1 and of node 2: the cached sessions and the read ones were not ended apart", rev)
+		}
+		txnOf[rev] = via
+	}
+	if len(txnOf) < 2 || len(txnOf) > 12 {
+		t.Fatalf("the %d sessions ended in %d transactions; want 2 to 12 (a few for each node's sessions)", n, len(txnOf))
+	}
 	// The other node's session watch saw the ends, which holds its backstop off.
 	for deadline := time.Now().Add(10 * time.Second); r.ShutdownEndSeen(req.ID).IsZero(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -321,31 +340,68 @@ func TestShutdownTerminatesInBatches(t *testing.T) {
 		}
 	}
 	// The ended sessions no longer hold their logins.
-	again := open(t, r, admin, registry.OpenRequest{User: "u0", Module: "sales", Pool: "green", TTLSeconds: 60})
-	if again.ID == ids[0] {
-		t.Fatal("a new login got the ended session's ID")
+	for _, user := range []string{"u0", "u1"} {
+		open(t, r, admin, registry.OpenRequest{User: user, Module: "sales", Pool: "green", TTLSeconds: 60})
 	}
 }
 
 // TestBackstopHoldsOff: a node's backstop leaves a request alone while the node sees
-// its sessions end (another node is at work), at most BackstopDelay + 10 s after the
-// deadline, and then enforces it.
+// its sessions end (another node is at work) until 500 ms after the last end it saw,
+// at most BackstopDelay + 10 s after the deadline, and then enforces it.
 func TestBackstopHoldsOff(t *testing.T) {
 	r := newRegistry(t)
 	ctx := context.Background()
+	pendingOn := func(id string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !r.ShutdownPendingHere(id); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("shutdown request %s not pending in the node's copy after 10 s", id)
+			}
+		}
+	}
+
+	// The usual case: ends seen until 2 s past the backstop's turn; it enforces the
+	// request 500 ms after the last of them.
 	s := open(t, r, admin, registry.OpenRequest{User: "a", Module: "sales", Pool: "blue", TTLSeconds: 60})
 	req, err := r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// An end seen "in an hour" holds the backstop for as long as it may hold.
-	r.NoteShutdownEndAt(req.ID, time.Now().Add(time.Hour))
-	time.Sleep(time.Until(req.Deadline.Add(registry.BackstopDelay + 3*time.Second)))
+	pendingOn(req.ID)
+	lastEnd := req.Deadline.Add(registry.BackstopDelay + 2*time.Second)
+	for time.Now().Before(lastEnd) {
+		r.NoteShutdownEndAt(req.ID, time.Now())
+		time.Sleep(100 * time.Millisecond)
+	}
 	if _, err := r.Get(ctx, admin, s.ID); err != nil {
-		t.Fatalf("3 s past the backstop's turn, ends still seen: the session %v; want it left open", err)
+		t.Fatalf("while ends are seen, 2 s past the backstop's turn: the session %v; want it left open", err)
+	}
+	if reason := endedReason(t, r, s.ID); reason != registry.EndShutdown {
+		t.Fatalf("after the ends stopped: the session ended %s, want shutdown", reason)
+	}
+	// About 500 ms after the last end seen, not at the longest hold (8 s later).
+	if after := time.Since(lastEnd); after > 4*time.Second {
+		t.Fatalf("the session ended %v after the last end seen; want about 500 ms, well before the longest hold", after)
+	}
+
+	// An end seen "in an hour" holds the backstop for as long as it may hold: 10 s
+	// past its turn.
+	s = open(t, r, admin, registry.OpenRequest{User: "b", Module: "sales", Pool: "blue", TTLSeconds: 60})
+	req, err = r.RequestShutdown(ctx, admin, registry.ShutdownRequest{Scope: registry.ScopePool, Pool: "blue", GraceSeconds: grace(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pendingOn(req.ID)
+	r.NoteShutdownEndAt(req.ID, time.Now().Add(time.Hour))
+	time.Sleep(time.Until(req.Deadline.Add(registry.BackstopDelay + 5*time.Second)))
+	if _, err := r.Get(ctx, admin, s.ID); err != nil {
+		t.Fatalf("5 s past the backstop's turn, an end seen later: the session %v; want it left open", err)
 	}
 	if reason := endedReason(t, r, s.ID); reason != registry.EndShutdown {
 		t.Fatalf("after the longest hold: the session ended %s, want shutdown", reason)
+	}
+	if after := time.Since(req.Deadline); after > registry.BackstopDelay+13*time.Second {
+		t.Fatalf("the session ended %v after the deadline; want at most BackstopDelay and 10 s (and 3 s to spare)", after)
 	}
 }
 
