@@ -1,13 +1,11 @@
 package cluster
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,31 +13,13 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/roster-dev/roster/cluster/clustertest/loopback"
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 )
 
-// gossipLogs collects a test's logs, printed if the test fails. memberlist's goroutines
-// may log after the test ends, where t.Log would panic.
-type gossipLogs struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *gossipLogs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *gossipLogs) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // newGossipLogs returns a debug logger into a buffer that is printed if t fails.
-func newGossipLogs(t *testing.T) (*gossipLogs, *slog.Logger) {
+func newGossipLogs(t *testing.T) (*syncbuf.Buffer, *slog.Logger) {
 	t.Helper()
-	logs := &gossipLogs{}
+	logs := &syncbuf.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", logs)
@@ -191,7 +171,7 @@ func TestParseMemberlistLine(t *testing.T) {
 }
 
 func TestMemberlistLogDemotesClosedSocketsWhenClosing(t *testing.T) {
-	logs := &gossipLogs{}
+	logs := &syncbuf.Buffer{}
 	w := memberlistLog{
 		log:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		closing: new(atomic.Bool),

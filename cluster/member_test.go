@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/roster-dev/roster/cluster/clustertest/loopback"
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 )
 
 // TestMain checks that the tests leave no goroutine running. A closed member leaves
@@ -46,29 +46,11 @@ func verifyNoLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of etcd's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testConfig returns a valid config on free loopback ports and a fresh data dir. etcd's
 // warnings and our logs go to a buffer that is printed if the test fails.
 func testConfig(t testing.TB) Config {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", logs)
@@ -414,7 +396,7 @@ func TestEtcdExpectedWarningsDemoted(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			cfg := testConfig(t)
 			enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 			cfg.EtcdLogger = zap.New(zapcore.NewCore(enc, zapcore.AddSync(logs), tt.level))

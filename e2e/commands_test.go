@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/e2e"
 	"github.com/roster-dev/roster/registry"
 )
@@ -28,7 +29,7 @@ func TestEventsCommand(t *testing.T) {
 	}
 
 	cmd := bin.Command(dir, env, "events", "--module", "sales", "-o", "json")
-	out, errOut := &syncBuffer{}, &syncBuffer{}
+	out, errOut := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -320,11 +320,7 @@ func BenchmarkShutdownDeadlineLateness(b *testing.B) {
 		c.Restart(a)
 		c.Restart(duty)
 	}
-	b.ReportMetric(0, "ns/op")
-	if len(lates) > 0 {
-		b.ReportMetric(medianMS(lates), "late-p50-ms")
-		b.ReportMetric(percentileMS(lates, 1), "late-max-ms")
-	}
+	reportLateness(b, lates)
 	if len(takeovers) > 0 {
 		b.ReportMetric(medianMS(takeovers), "takeover-p50-ms")
 	}
@@ -426,12 +422,18 @@ func BenchmarkShutdownManySessions(b *testing.B) {
 		c.Close()
 		cancel()
 	}
+	reportLateness(b, lates)
+	b.ReportMetric(float64(missing), "missing")
+}
+
+// reportLateness reports a shutdown benchmark's lateness figures, the median and
+// the largest of lates (none when no run got as far), instead of time per op.
+func reportLateness(b *testing.B, lates []time.Duration) {
 	b.ReportMetric(0, "ns/op")
 	if len(lates) > 0 {
 		b.ReportMetric(medianMS(lates), "late-p50-ms")
 		b.ReportMetric(percentileMS(lates, 1), "late-max-ms")
 	}
-	b.ReportMetric(float64(missing), "missing")
 }
 
 // shutdownOutcome describes shutdown request id as cl's node answers it

@@ -16,6 +16,7 @@ import (
 
 	"github.com/roster-dev/roster/cluster"
 	"github.com/roster-dev/roster/cluster/clustertest"
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/e2e"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/client"
@@ -70,7 +71,7 @@ func startEtcd(t *testing.T) string {
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), etcdHelperEnv+"=1", etcdDirEnv+"="+dir)
 	e2e.KillWithParent(cmd)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

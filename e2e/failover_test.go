@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/e2e"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/client"
@@ -351,7 +352,7 @@ func openRaw(ctx context.Context, cl *client.Client, req registry.OpenRequest) (
 // heldCLI is a 'roster session open --hold' process.
 type heldCLI struct {
 	id       string
-	out, err *syncBuffer
+	out, err *syncbuf.Buffer
 	done     chan error
 }
 
@@ -363,7 +364,7 @@ func startHold(ctx context.Context, t *testing.T, c *e2e.Cluster, nodes []*e2e.N
 	env := []string{"ROSTER_ENDPOINTS=" + strings.Join(c.URLs(nodes...), ","), "ROSTER_TOKEN=" + c.Token()}
 	args := append([]string{"session", "open", "--user", user, "--module", "cli", "--ttl", "6s", "--hold"}, extra...)
 	cmd := bin.Command(t.TempDir(), env, args...)
-	h := &heldCLI{out: &syncBuffer{}, err: &syncBuffer{}, done: make(chan error, 1)}
+	h := &heldCLI{out: &syncbuf.Buffer{}, err: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = h.out, h.err
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

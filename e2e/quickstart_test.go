@@ -1,7 +1,6 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -9,31 +8,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/e2e"
 	"github.com/roster-dev/roster/registry"
 )
-
-// syncBuffer is a bytes.Buffer safe for a process and the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestQuickStart drives the README's quick start and tour with the exact
 // commands it shows, run from the node's directory; only the ports come
@@ -82,7 +63,7 @@ func TestQuickStart(t *testing.T) {
 
 	// roster session open --user alice --module sales --host PC-17 --hold
 	hold := bin.Command(dir, env, "session", "open", "--user", "alice", "--module", "sales", "--host", "PC-17", "--hold")
-	var holdOut, holdErr syncBuffer
+	var holdOut, holdErr syncbuf.Buffer
 	hold.Stdout, hold.Stderr = &holdOut, &holdErr
 	if err := hold.Start(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package ha_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/ha"
 )
 
@@ -26,25 +26,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of several
-// runners' loggers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // node is one simulated Roster node: its runner, with an etcd client of its
 // own that reaches etcd through a proxy of its own (its network).
 type node struct {
@@ -52,7 +33,7 @@ type node struct {
 	cli   *clientv3.Client
 	net   *proxy
 	r     *ha.Runner
-	logs  *syncBuffer
+	logs  *syncbuf.Buffer
 	close sync.Once
 }
 
@@ -86,7 +67,7 @@ func newClient(t testing.TB, endpoint string) *clientv3.Client {
 // and the proxy, all before the member (which the test started earlier).
 func startNode(t testing.TB, etcdURL string, cfg ha.Config, duties ...ha.Duty) *node {
 	t.Helper()
-	n := &node{name: cfg.Node, net: startProxy(t, strings.TrimPrefix(etcdURL, "http://")), logs: &syncBuffer{}}
+	n := &node{name: cfg.Node, net: startProxy(t, strings.TrimPrefix(etcdURL, "http://")), logs: &syncbuf.Buffer{}}
 	n.cli = newClient(t, n.net.addr())
 	t.Cleanup(func() { n.close.Do(func() { n.cli.Close() }) })
 	cfg.Client = n.cli

@@ -1,7 +1,6 @@
 package registry_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/registry"
 )
 
@@ -40,26 +40,8 @@ func startHistory(t *testing.T, r *registry.Registry) (stop func()) {
 	return stop
 }
 
-// logBuffer collects a registry's logs for a test to look at.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // logTo makes a registry log to b.
-func logTo(b *logBuffer) func(*registry.Config) {
+func logTo(b *syncbuf.Buffer) func(*registry.Config) {
 	return func(c *registry.Config) { c.Logger = slog.New(slog.NewTextHandler(b, nil)) }
 }
 
@@ -246,7 +228,7 @@ func TestHistoryExactlyOnceAcrossFailover(t *testing.T) {
 // overlap of a failover, stretched) while sessions end through each of them;
 // no session is recorded twice, none is missed.
 func TestHistoryTwoDutiesAtOnce(t *testing.T) {
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	r := newRegistry(t, logTo(&logs))
 	nodes := []*registry.Registry{r, secondNode(t), secondNode(t)}
 	for _, n := range nodes {
@@ -268,7 +250,7 @@ func TestHistoryTwoDutiesAtOnce(t *testing.T) {
 // the checkpoint's revision, are recorded from the tombstones; ends recorded
 // before are not recorded again.
 func TestHistoryAfterCompaction(t *testing.T) {
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	r := newRegistry(t, logTo(&logs))
 	e := newEnder(t)
 	stop := startHistory(t, r)

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/roster-dev/roster/cluster"
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 	"github.com/roster-dev/roster/registry"
 	"github.com/roster-dev/roster/registry/api"
 	"github.com/roster-dev/roster/registry/liveness"
@@ -544,7 +545,7 @@ func TestLivenessStormTransactions(t *testing.T) {
 // expired.
 func TestHistoryOfAStorm(t *testing.T) {
 	const n = 300
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	nodes, g := livenessNodesWith(t, []string{"a", "b"}, func(c *registry.Config) {
 		c.MaxTxnOps = cluster.MaxTxnOps
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

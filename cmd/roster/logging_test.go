@@ -6,13 +6,14 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"testing/slogtest"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/roster-dev/roster/cluster/clustertest/syncbuf"
 )
 
 // logLines parses buf as JSON lines.
@@ -206,28 +207,13 @@ func TestSlogHandlerConformance(t *testing.T) {
 	slogtest.Run(t, newHandler, result)
 }
 
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines parses what was written so far as JSON lines.
-func (b *lockedBuffer) lines(t *testing.T) []map[string]any {
-	b.mu.Lock()
-	cp := bytes.NewBuffer(bytes.Clone(b.buf.Bytes()))
-	b.mu.Unlock()
-	return logLines(t, cp)
+// bufferLines parses what was written to b so far as JSON lines.
+func bufferLines(t *testing.T, b *syncbuf.Buffer) []map[string]any {
+	return logLines(t, bytes.NewBuffer(b.Bytes()))
 }
 
 func TestRepeatLimit(t *testing.T) {
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(encoderConfig()), zapcore.Lock(zapcore.AddSync(&out)), zapcore.DebugLevel)
 	lg := zap.New(newRepeatLimit(core, 300*time.Millisecond, 3)).Named("etcd")
 	for i := range 12 {
@@ -255,16 +241,16 @@ func TestRepeatLimit(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for summary == nil && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
-		for _, l := range out.lines(t) {
+		for _, l := range bufferLines(t, &out) {
 			if l["msg"] == leftOutMsg {
 				summary = l
 			}
 		}
 	}
 	if summary == nil {
-		t.Fatalf("no %q line after the window; the log:\n%s", leftOutMsg, out.buf.String())
+		t.Fatalf("no %q line after the window; the log:\n%s", leftOutMsg, out.String())
 	}
-	lines := out.lines(t)
+	lines := bufferLines(t, &out)
 	if got := count(lines, "slow"); got != 3 {
 		t.Errorf("%d lines of the repeated warning written, want the first 3", got)
 	}
@@ -289,7 +275,7 @@ func TestRepeatLimit(t *testing.T) {
 
 	// After the count a new window starts: the message is written again.
 	lg.Warn("slow", zap.Int("i", 99))
-	lines = out.lines(t)
+	lines = bufferLines(t, &out)
 	if last := lines[len(lines)-1]; last["msg"] != "slow" || last["i"] != float64(99) {
 		t.Errorf("the first repeat after the count = %v, want it written", last)
 	}
@@ -298,7 +284,7 @@ func TestRepeatLimit(t *testing.T) {
 // TestNewLoggingLimitsEtcdRepeats checks that the node's etcd logger limits repeats
 // and its own logger does not.
 func TestNewLoggingLimitsEtcdRepeats(t *testing.T) {
-	var buf lockedBuffer
+	var buf syncbuf.Buffer
 	log, etcdLog, err := newLogging("info", &buf)
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +293,7 @@ func TestNewLoggingLimitsEtcdRepeats(t *testing.T) {
 		etcdLog.Warn("apply request took too long")
 		log.Warn("request failed")
 	}
-	lines := buf.lines(t)
+	lines := bufferLines(t, &buf)
 	etcdN, ownN := 0, 0
 	for _, l := range lines {
 		switch l["msg"] {
