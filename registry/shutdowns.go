@@ -561,8 +561,10 @@ func (r *Registry) enforceDue(ctx context.Context, late time.Duration) (time.Tim
 			continue
 		}
 		due := s.Deadline.Add(late)
-		if held := r.backstopHeld(&s.Shutdown, late); late > 0 && held.After(due) {
-			due = held
+		if late > 0 { // a backstop: it may be held off
+			if held := r.backstopHeld(&s.Shutdown, late); held.After(due) {
+				due = held
+			}
 		}
 		if time.Now().Before(due) {
 			if next.IsZero() || due.Before(next) {
